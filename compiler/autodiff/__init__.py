@@ -1,0 +1,1 @@
+"""Adjoint generation: forward graph -> backward graph."""

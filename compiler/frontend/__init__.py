@@ -1,0 +1,1 @@
+"""Front end: trace numpy-style Python functions into graphs."""

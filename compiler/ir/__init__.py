@@ -1,0 +1,1 @@
+"""The graph IR: types, graph, verifier, text printer and parser, DOT export."""

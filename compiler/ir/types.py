@@ -1,0 +1,72 @@
+"""Tensor types: a static shape and a dtype."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler.errors import ShapeError
+
+DTYPES = ("float32", "float64", "int32", "int64", "bool")
+FLOAT_DTYPES = ("float32", "float64")
+INT_DTYPES = ("int32", "int64")
+
+_SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "bool"}
+_LONG = {short: long for long, short in _SHORT.items()}
+_TYPE_TEXT = re.compile(r"^\s*(f32|f64|i32|i64|bool)\[([0-9,\s]*)\]\s*$")
+
+
+def canonical_dtype(dtype: object) -> str:
+    """Accept 'float32', 'f32', np.float32, np.dtype(...) and return the canonical name."""
+    if isinstance(dtype, str) and dtype in _LONG:
+        return _LONG[dtype]
+    try:
+        name = np.dtype(dtype).name  # type: ignore[arg-type]
+    except TypeError:
+        raise ShapeError(f"unknown dtype {dtype!r}; supported: {', '.join(DTYPES)}") from None
+    if name not in DTYPES:
+        raise ShapeError(f"unsupported dtype {name!r}; supported: {', '.join(DTYPES)}")
+    return name
+
+
+@dataclass(frozen=True)
+class TensorType:
+    shape: tuple[int, ...]
+    dtype: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.shape, tuple) or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in self.shape
+        ):
+            raise ShapeError(f"shape must be a tuple of non-negative ints, got {self.shape!r}")
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * np.dtype(self.dtype).itemsize
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+    def __str__(self) -> str:
+        return f"{_SHORT[self.dtype]}[{','.join(str(d) for d in self.shape)}]"
+
+    @staticmethod
+    def parse(text: str) -> "TensorType":
+        match = _TYPE_TEXT.match(text)
+        if not match:
+            raise ShapeError(f"malformed type {text!r}; expected e.g. f32[64,10] or f64[]")
+        dims = match.group(2).strip()
+        shape = tuple(int(d) for d in dims.split(",") if d.strip()) if dims else ()
+        return TensorType(shape, _LONG[match.group(1)])
