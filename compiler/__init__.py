@@ -19,3 +19,4 @@ __version__ = "0.1.0"
 from compiler.ir.dot import to_dot  # noqa: F401,E402
 from compiler.ir.parser import parse  # noqa: F401,E402
 from compiler.ir.printer import dump  # noqa: F401,E402
+from compiler.autodiff import grad, value_and_grad, vjp  # noqa: F401,E402

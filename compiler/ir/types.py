@@ -19,8 +19,11 @@ _TYPE_TEXT = re.compile(r"^\s*(f32|f64|i32|i64|bool)\[([0-9,\s]*)\]\s*$")
 
 def canonical_dtype(dtype: object) -> str:
     """Accept 'float32', 'f32', np.float32, np.dtype(...) and return the canonical name."""
-    if isinstance(dtype, str) and dtype in _LONG:
-        return _LONG[dtype]
+    if isinstance(dtype, str):
+        if dtype in _SHORT:
+            return dtype
+        if dtype in _LONG:
+            return _LONG[dtype]
     try:
         name = np.dtype(dtype).name  # type: ignore[arg-type]
     except TypeError:
@@ -36,6 +39,8 @@ class TensorType:
     dtype: str
 
     def __post_init__(self) -> None:
+        if type(self.shape) is tuple and self.dtype in _SHORT and all(type(d) is int and d >= 0 for d in self.shape):
+            return  # the common case, already canonical
         if not isinstance(self.shape, tuple) or not all(
             isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in self.shape
         ):
