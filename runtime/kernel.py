@@ -1,0 +1,304 @@
+"""Kernel: a loaded artifact you call with numpy arrays.
+
+Call-time rules (the same as compiler/interpreter.py's check_arguments):
+- the arguments, as a tuple, must flatten (runtime.pytree) to the manifest's in_tree;
+- every leaf must have the input's shape exactly (Python scalars are 0-d arrays);
+- a leaf whose dtype differs is converted if numpy allows it under 'same_kind' casting
+  (float64 into float32 yes, int into float yes, float into int or bool no);
+- non-contiguous, misaligned or non-native-byte-order leaves are copied; read-only is fine,
+  native code never writes its inputs.
+Any mismatch raises CallError (a ValueError) before native code runs, so native code is
+never handed a buffer of the wrong size or type.
+
+Outputs are fresh arrays every call. The workspace is allocated once per Kernel and reused,
+so calls on one Kernel are serialized by a lock (safe from many threads, never concurrent;
+for parallel calls load one Kernel per thread). The native call releases the GIL.
+"""
+from __future__ import annotations
+
+import copy
+import ctypes
+import hashlib
+import os
+import sys
+import tempfile
+import threading
+from typing import Any
+
+import numpy as np
+
+from runtime import artifact
+from runtime.argtree import compile_builder, compile_leaves
+from runtime.errors import ArtifactError, CallError, KernelError
+from runtime.loader import NativeCode, check_target
+from runtime.pytree import LEAF, flatten, leaf_paths, treedef_from_text, treedef_to_text
+
+_ndarray = np.ndarray
+_empty = np.empty
+WORKSPACE_ALIGNMENT = 64
+
+
+def _make_data_pointer() -> Any:
+    """The fastest correct way to read an ndarray's data pointer.
+
+    `a.ctypes.data` costs ~1 µs, most of a small call. In CPython, PyArrayObject's data
+    pointer sits right after the object header; use that when it provably agrees with
+    `a.ctypes.data` on probe arrays, else fall back.
+    """
+
+    def slow(array: np.ndarray) -> int:
+        return array.ctypes.data
+
+    if sys.implementation.name != "cpython":
+        return slow
+    offset = 2 * ctypes.sizeof(ctypes.c_void_p)  # ob_refcnt, ob_type
+    read = ctypes.c_void_p.from_address
+    base = np.arange(64, dtype=np.float64)
+    probes = [base, base[3:], base[::2], base.reshape(8, 8)[1:, 2:], np.zeros((), np.int32), np.empty(0, np.bool_)]
+    if all(read(id(probe) + offset).value == probe.ctypes.data for probe in probes if probe.ctypes.data):
+        return lambda array: read(id(array) + offset).value
+    return slow
+
+
+_data_pointer = _make_data_pointer()
+
+
+def _is_container(value: Any) -> bool:
+    # mirrors runtime.pytree.flatten: these are never leaves
+    return value is None or isinstance(value, (list, dict)) or (isinstance(value, tuple) and not hasattr(value, "_fields"))
+
+
+def _path_text(path: tuple) -> str:
+    head, rest = path[0], path[1:]
+    return f"args[{head}]" + "".join(f"[{key!r}]" for key in rest)
+
+
+class Kernel:
+    """A compiled function. Build with runtime.load(path) or Kernel.from_parts(manifest, code)."""
+
+    def __init__(self, manifest: dict, code: bytes, blob: bytes, sha256: str, label: str) -> None:
+        check_target(manifest["target"], label)
+        self._manifest = manifest
+        self._code = code
+        self._blob = blob
+        self.sha256 = sha256
+        self._label = f"kernel {manifest['name']!r}"
+        self._native = NativeCode(code, manifest["symbol"], label)
+        self._entry = self._native.entry
+
+        in_tree = treedef_from_text(manifest["in_tree"])
+        self._in_tree_text = treedef_to_text(in_tree)
+        self._n_args = len(in_tree)
+        # flat: every argument is one leaf, so the per-leaf checks are the structure check
+        self._flat_args = all(child is LEAF for child in in_tree)
+        self._leaves_of = compile_leaves(in_tree)
+        self._in_specs = tuple((tuple(e["shape"]), np.dtype(e["dtype"])) for e in manifest["inputs"])
+        self._in_plan = tuple((index, shape, dtype) for index, (shape, dtype) in enumerate(self._in_specs))
+        self._in_where = [f"input {e['name']!r} ({_path_text(p)})" for e, p in zip(manifest["inputs"], leaf_paths(in_tree))]
+        self._out_specs = tuple((tuple(e["shape"]), np.dtype(e["dtype"])) for e in manifest["outputs"])
+        self._build_outputs = compile_builder(treedef_from_text(manifest["out_tree"]))
+
+        # the pointer arrays are reused; the lock makes that (and the workspace) safe
+        self._ins = (ctypes.c_void_p * max(1, len(self._in_specs)))()
+        self._outs = (ctypes.c_void_p * max(1, len(self._out_specs)))()
+        self._ins_address = ctypes.addressof(self._ins)
+        self._outs_address = ctypes.addressof(self._outs)
+        self.workspace_bytes: int = manifest["workspace_bytes"]
+        self._workspace, self._workspace_ptr = self._allocate_workspace(self.workspace_bytes)
+        self._lock = threading.Lock()
+
+    # ---- construction -------------------------------------------------------------
+    @classmethod
+    def from_parts(cls, manifest: dict, object_code: bytes) -> "Kernel":
+        """Kernel from a manifest dict and object code, e.g. straight after compiling."""
+        if not isinstance(object_code, (bytes, bytearray, memoryview)):
+            raise ArtifactError(f"object code must be bytes, got {type(object_code).__name__}")
+        if not isinstance(manifest, dict):
+            raise ArtifactError(f"manifest must be a dict, got {type(manifest).__name__}")
+        label = f"kernel {manifest.get('name')!r}"
+        manifest_bytes = artifact.encode_manifest(manifest)
+        # the JSON round trip (tuples become lists) makes the live manifest exactly what a
+        # saved file holds; decoding validates it
+        canonical = artifact.decode_manifest(manifest_bytes, label)
+        code = bytes(object_code)
+        blob = artifact.pack(manifest_bytes, code)
+        return cls(canonical, code, blob, hashlib.sha256(blob).hexdigest(), label)
+
+    @staticmethod
+    def _allocate_workspace(size: int) -> tuple[np.ndarray | None, int | None]:
+        if size == 0:
+            return None, None
+        try:
+            buffer = np.zeros(size + WORKSPACE_ALIGNMENT, dtype=np.uint8)
+        except (MemoryError, ValueError) as exc:
+            raise ArtifactError(f"cannot allocate a workspace of {size} bytes: {exc}") from None
+        address = buffer.ctypes.data
+        return buffer, address + (-address) % WORKSPACE_ALIGNMENT
+
+    # ---- calling --------------------------------------------------------------------
+    def __call__(self, *args: Any) -> Any:
+        if len(args) != self._n_args:
+            raise CallError(
+                f"{self._label} takes {self._n_args} argument(s) {self._in_tree_text}, got {len(args)}"
+            )
+        leaves = args if self._flat_args else self._flatten(args)
+        keep = []  # converted copies must outlive the native call
+        pointers = []
+        # Checked outside the lock: __array__ of an argument may run arbitrary code, even
+        # another call of this kernel, which must not deadlock or see half-filled buffers.
+        for (index, shape, dtype), value in zip(self._in_plan, leaves):
+            if type(value) is _ndarray and value.dtype == dtype and value.shape == shape:
+                flags = value.flags
+                if flags.c_contiguous and flags.aligned:
+                    pointers.append(_data_pointer(value))
+                    continue
+            value = self._convert(index, value, args)
+            keep.append(value)
+            pointers.append(_data_pointer(value))
+        outputs = []
+        out_pointers = []
+        for shape, dtype in self._out_specs:
+            array = _empty(shape, dtype)
+            outputs.append(array)
+            out_pointers.append(_data_pointer(array))
+
+        self._lock.acquire()
+        try:
+            self._ins[: len(pointers)] = pointers
+            self._outs[: len(out_pointers)] = out_pointers
+            status = self._entry(self._ins_address, self._outs_address, self._workspace_ptr)
+        finally:
+            self._lock.release()
+        if status != 0:
+            raise KernelError(f"{self._label}: native code returned error code {status}")
+        return self._build_outputs(outputs)
+
+    def _flatten(self, args: tuple) -> list:
+        if self._leaves_of is not None:
+            leaves = self._leaves_of(args)
+            if leaves is not None:
+                return leaves
+        leaves, tree = flatten(args)
+        if treedef_to_text(tree) != self._in_tree_text:
+            raise self._structure_error(tree)
+        return leaves
+
+    def _structure_error(self, tree: Any) -> CallError:
+        return CallError(
+            f"{self._label}: arguments have structure {treedef_to_text(tree)}, it expects {self._in_tree_text} "
+            "(tuples, lists, dicts and None are containers; pass each array as a numpy array)"
+        )
+
+    def _convert(self, index: int, value: Any, args: tuple) -> np.ndarray:
+        _, shape, dtype = self._in_plan[index]
+        where = self._in_where[index]
+        if _is_container(value):  # a container in a leaf's place: the structure is wrong
+            raise self._structure_error(flatten(args)[1])
+        try:
+            array = np.asarray(value)
+        except Exception as exc:  # arbitrary objects may fail in arbitrary ways
+            raise CallError(f"{self._label}: {where}: cannot convert {type(value).__name__} to an array: {exc}") from None
+        if array.shape != shape:
+            raise CallError(f"{self._label}: {where} expects shape {shape}, got {array.shape}")
+        if array.dtype != dtype:
+            if not np.can_cast(array.dtype, dtype, casting="same_kind"):
+                raise CallError(
+                    f"{self._label}: {where} expects {dtype.name}, got {array.dtype} "
+                    "(only numpy 'same_kind' conversions are done)"
+                )
+            array = array.astype(dtype)
+        flags = array.flags
+        if not (flags.c_contiguous and flags.aligned):
+            array = np.array(array, order="C", copy=True)
+        return array
+
+    # ---- saving and describing ------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the artifact atomically: a temp file in the same directory, then os.replace."""
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        temp = None
+        try:
+            fd, temp = tempfile.mkstemp(prefix=".pullback-", suffix=".tmp", dir=directory)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(self._blob)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temp, 0o644)
+            os.replace(temp, path)
+            temp = None
+        except OSError as exc:
+            raise ArtifactError(f"cannot write artifact {path}: {exc}") from exc
+        finally:
+            if temp is not None:
+                try:
+                    os.unlink(temp)
+                except OSError:
+                    pass
+
+    def to_bytes(self) -> bytes:
+        """The artifact file's exact bytes."""
+        return self._blob
+
+    @property
+    def manifest(self) -> dict:
+        return copy.deepcopy(self._manifest)
+
+    @property
+    def object_code(self) -> bytes:
+        return self._code
+
+    @property
+    def name(self) -> str:
+        return self._manifest["name"]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [entry["name"] for entry in self._manifest["inputs"]]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [entry["name"] for entry in self._manifest["outputs"]]
+
+    def __repr__(self) -> str:
+        def describe(entries: list) -> str:
+            return ", ".join(f"{e['name']}: {_type_text(e)}" for e in entries)
+
+        return (
+            f"<Kernel {self.name!r} ({describe(self._manifest['inputs'])}) -> ({describe(self._manifest['outputs'])})"
+            f" workspace={self.workspace_bytes}B sha256={self.sha256[:12]}>"
+        )
+
+
+_SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "bool"}
+
+
+def _type_text(entry: dict) -> str:
+    return f"{_SHORT[entry['dtype']]}[{','.join(map(str, entry['shape']))}]"
+
+
+def load(path: str | os.PathLike, expected_sha256: str | None = None) -> Kernel:
+    """Read, verify and load an artifact. Every check runs before native code is loaded."""
+    source, data = _read(path)
+    return loads(data, expected_sha256, source)
+
+
+def loads(data: bytes, expected_sha256: str | None = None, source: str = "<bytes>") -> Kernel:
+    """Like load(), from the artifact's bytes."""
+    manifest, code, sha256 = artifact.unpack(data, source, expected_sha256)
+    return Kernel(manifest, code, bytes(data), sha256, source)
+
+
+def read_manifest(path: str | os.PathLike, expected_sha256: str | None = None) -> dict:
+    """Verify an artifact file and return its manifest without loading native code."""
+    source, data = _read(path)
+    return artifact.unpack(data, source, expected_sha256)[0]
+
+
+def _read(path: str | os.PathLike) -> tuple[str, bytes]:
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as handle:
+            return source, handle.read()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read artifact {source}: {exc}") from exc
