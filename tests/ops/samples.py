@@ -36,15 +36,13 @@ def rng(seed: int = 0) -> np.random.Generator:
 
 
 def _collect() -> list[Sample]:
+    """Every tests/ops/samples_*.py module's SAMPLES, in file-name order."""
+    import importlib
+    import pathlib
+
     samples: list[Sample] = []
-    for module in ("samples_elementwise", "samples_shape", "samples_reductions"):
-        try:
-            imported = __import__(f"tests.ops.{module}", fromlist=["SAMPLES"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"tests.ops.{module}":
-                raise
-            continue
-        samples.extend(imported.SAMPLES)
+    for path in sorted(pathlib.Path(__file__).parent.glob("samples_*.py")):
+        samples.extend(importlib.import_module(f"tests.ops.{path.stem}").SAMPLES)
     return samples
 
 
