@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from compiler.errors import PullbackError, TraceError
+from compiler.errors import PullbackError, ShapeError, TraceError
 from compiler.ir.graph import Graph, building
 from compiler.ir.types import FLOAT_DTYPES, TensorType, canonical_dtype
 from compiler.ops.tensor import Tensor, as_tensors, is_scalar_literal
@@ -30,6 +30,10 @@ class Spec:
 
     def __post_init__(self) -> None:
         shape = (self.shape,) if isinstance(self.shape, (int, np.integer)) else self.shape
+        if not isinstance(shape, (tuple, list)) or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d >= 0 for d in shape
+        ):
+            raise ShapeError(f"Spec shape must be a tuple of non-negative ints, got {self.shape!r}")
         object.__setattr__(self, "shape", tuple(int(d) for d in shape))
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
         if self.kind not in (None, "param", "data"):
@@ -62,6 +66,12 @@ def _argument_names(fn: Callable, count: int) -> list[str]:
     except (TypeError, ValueError):
         params = []
     names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    if len(required) > count:
+        raise TraceError(
+            f"{getattr(fn, '__name__', fn)} needs {len(required)} positional arguments "
+            f"({', '.join(p.name for p in required)}), but {count} spec(s) were given"
+        )
     if len(names) < count and any(p.kind == p.VAR_POSITIONAL for p in params):
         names += [f"arg{i}" for i in range(len(names), count)]
     if len(names) < count:

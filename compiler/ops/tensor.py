@@ -51,6 +51,11 @@ class Tensor:
     def __repr__(self) -> str:
         return f"Tensor(%{self.id}: {self.type})"
 
+    def __iter__(self):  # noqa: ANN204 - `for row in x` unrolls over the first axis
+        if not self.shape:
+            raise TraceError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.shape[0]))
+
     # ------------------------------------------------------- data-dependent use
     def __bool__(self) -> bool:
         raise TraceError(
@@ -179,6 +184,8 @@ def constant_like(value: Any, dtype: str, graph: Graph | None = None) -> Tensor:
     """A 0-d constant tensor holding a Python scalar, in `dtype`."""
     graph = graph or current_graph()
     scalar = np.asarray(value).astype(dtype).item()
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and scalar != value:
+        raise TraceError(f"the literal {value} does not fit in {dtype}")
     return Tensor(graph, graph.add_node("full", (), {"shape": (), "dtype": dtype, "value": scalar}))
 
 
