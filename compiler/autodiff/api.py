@@ -83,10 +83,14 @@ def _differentiate(graph: Graph, argnums: int | Sequence[int], seeds_from: str) 
 def _cotangent_inputs(graph: Graph) -> dict[int, int]:
     """Add one cotangent input per output (named ct.<i>); extends in_tree with their tree."""
     seeds: dict[int, int] = {}
+    taken = set(graph.input_names())
+    prefix = "ct"
+    while any(name == prefix or name.startswith(prefix + ".") for name in taken):
+        prefix = "d" + prefix  # vjp of a vjp graph: ct, dct, ddct...
     for index, output in enumerate(graph.outputs):
         if output in seeds:
             raise PullbackError(f"{graph.name}: vjp of a graph that returns the same value twice is not supported")
-        seeds[output] = graph.add_input(f"ct.{index}", graph.type(output), "data", loc="output cotangent")
+        seeds[output] = graph.add_input(f"{prefix}.{index}", graph.type(output), "data", loc="output cotangent")
     graph.in_tree = tuple(graph.in_tree) + (graph.out_tree,)
     return seeds
 

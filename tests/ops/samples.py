@@ -46,4 +46,10 @@ def _collect() -> list[Sample]:
     return samples
 
 
-ALL_SAMPLES: list[Sample] = _collect()
+def __getattr__(name: str) -> list[Sample]:
+    # Lazy, so a samples_<family> module may import Sample from here without a cycle.
+    if name == "ALL_SAMPLES":
+        global ALL_SAMPLES
+        ALL_SAMPLES = _collect()
+        return ALL_SAMPLES
+    raise AttributeError(name)
