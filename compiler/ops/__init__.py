@@ -10,3 +10,4 @@ from compiler.ops.elementwise import *  # noqa: F401,F403
 from compiler.ops.shape import *  # noqa: F401,F403
 from compiler.ops.linalg import *  # noqa: F401,F403
 from compiler.ops.reductions import *  # noqa: F401,F403
+from compiler.ops.implicit import *  # noqa: F401,F403
