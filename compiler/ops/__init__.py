@@ -11,3 +11,5 @@ from compiler.ops.shape import *  # noqa: F401,F403
 from compiler.ops.linalg import *  # noqa: F401,F403
 from compiler.ops.reductions import *  # noqa: F401,F403
 from compiler.ops.implicit import *  # noqa: F401,F403
+from compiler.ops.conv import *  # noqa: F401,F403
+from compiler.ops.gather import *  # noqa: F401,F403
