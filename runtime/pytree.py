@@ -68,6 +68,7 @@ def unflatten(treedef: Any, leaves: list) -> Any:
 
 
 def num_leaves(treedef: Any) -> int:
+    _check_treedef(treedef, repr(treedef))
     return len(flatten(treedef, is_leaf=lambda node: node is LEAF)[0])
 
 
@@ -127,7 +128,9 @@ def _check_treedef(node: Any, text: str) -> None:
             _check_treedef(child, text)
         return
     if isinstance(node, dict):
-        for child in node.values():
+        for key, child in node.items():
+            if key is LEAF or isinstance(key, (list, dict, tuple)) or key is None:
+                raise TreeError(f"malformed tree {text!r}: dict keys must be strings or numbers, got {key!r}")
             _check_treedef(child, text)
         return
     raise TreeError(f"malformed tree {text!r}: unexpected {node!r}")

@@ -14,11 +14,13 @@ INT_DTYPES = ("int32", "int64")
 
 _SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "bool"}
 _LONG = {short: long for long, short in _SHORT.items()}
-_TYPE_TEXT = re.compile(r"^\s*(f32|f64|i32|i64|bool)\[([0-9,\s]*)\]\s*$")
+_TYPE_TEXT = re.compile(r"^\s*(f32|f64|i32|i64|bool)\[\s*(\d+(?:\s*,\s*\d+)*)?\s*\]\s*$")
 
 
 def canonical_dtype(dtype: object) -> str:
     """Accept 'float32', 'f32', np.float32, np.dtype(...) and return the canonical name."""
+    if dtype is None:
+        raise ShapeError(f"dtype is None; supported: {', '.join(DTYPES)}")
     if isinstance(dtype, str):
         if dtype in _SHORT:
             return dtype
@@ -72,6 +74,6 @@ class TensorType:
         match = _TYPE_TEXT.match(text)
         if not match:
             raise ShapeError(f"malformed type {text!r}; expected e.g. f32[64,10] or f64[]")
-        dims = match.group(2).strip()
-        shape = tuple(int(d) for d in dims.split(",") if d.strip()) if dims else ()
+        dims = match.group(2)
+        shape = tuple(int(d) for d in dims.split(",")) if dims else ()
         return TensorType(shape, _LONG[match.group(1)])
