@@ -10,6 +10,7 @@ from compiler.ops.elementwise import *  # noqa: F401,F403
 from compiler.ops.shape import *  # noqa: F401,F403
 from compiler.ops.linalg import *  # noqa: F401,F403
 from compiler.ops.reductions import *  # noqa: F401,F403
+from compiler.ops.accumulate import *  # noqa: F401,F403
 from compiler.ops.implicit import *  # noqa: F401,F403
 from compiler.ops.conv import *  # noqa: F401,F403
 from compiler.ops.gather import *  # noqa: F401,F403

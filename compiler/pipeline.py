@@ -1,0 +1,57 @@
+"""The default optimization pipeline: which graph passes run at each opt_level.
+
+    0: nothing
+    1: dce, fold, simplify, cse, dce
+    2: level 1, then accumulate (add trees -> add_n), then fold, simplify, cse, dce again
+
+`optimize` works on a copy: the caller's graph is never changed.
+"""
+from __future__ import annotations
+
+import os
+
+from compiler.ir.graph import Graph
+from compiler.passes import (
+    Accumulate,
+    AlgebraicSimplification,
+    CommonSubexpressionElimination,
+    ConstantFolding,
+    DeadCodeElimination,
+    Pass,
+    PassManager,
+)
+from compiler.passes.manager import gc_paused
+
+dce = DeadCodeElimination()
+fold = ConstantFolding()
+simplify = AlgebraicSimplification()
+cse = CommonSubexpressionElimination()
+accumulate = Accumulate()
+
+PIPELINES: dict[int, list[Pass]] = {
+    0: [],
+    1: [dce, fold, simplify, cse, dce],
+    2: [dce, fold, simplify, cse, dce,
+        accumulate,
+        fold, simplify, cse, dce],
+}
+
+
+def passes_for(opt_level: int) -> list[Pass]:
+    if opt_level not in PIPELINES:
+        raise ValueError(f"opt_level must be one of {sorted(PIPELINES)}, got {opt_level!r}")
+    return list(PIPELINES[opt_level])
+
+
+def pass_manager(opt_level: int = 2, dump_dir: str | os.PathLike | None = None,
+                 verify_each: bool | None = None) -> PassManager:
+    """The PassManager `optimize` uses; keep it to read its timing `records` afterwards."""
+    return PassManager(passes_for(opt_level), verify_each=verify_each, dump_dir=dump_dir)
+
+
+def optimize(graph: Graph, opt_level: int = 2, dump_dir: str | os.PathLike | None = None,
+             verify_each: bool | None = None) -> Graph:
+    """An optimized copy of `graph`. verify_each=None follows PULLBACK_DEBUG."""
+    with gc_paused():
+        return pass_manager(opt_level, dump_dir, verify_each).run(graph.copy())
+

@@ -1,0 +1,32 @@
+"""Helpers for the golden pass tests: IR text without the header and source locations."""
+from __future__ import annotations
+
+import re
+import textwrap
+
+import compiler
+from compiler.ir.graph import Graph
+from compiler.passes import Pass
+
+_LOC = re.compile(r"  # .*$")
+
+
+def body(graph: Graph) -> str:
+    """compiler.dump(graph) minus its graph/in_tree/out_tree lines and `# loc` comments."""
+    lines = compiler.dump(graph).splitlines()[3:]
+    return "\n".join(_LOC.sub("", line).strip() for line in lines)
+
+
+def expected(text: str) -> str:
+    return "\n".join(line.strip() for line in textwrap.dedent(text).strip().splitlines())
+
+
+def run(pass_: Pass, graph: Graph) -> bool:
+    """Apply one pass, check the result is still a valid graph, return whether it changed."""
+    changed = pass_.apply(graph)
+    compiler.verify(graph)
+    return changed
+
+
+def ops_of(graph: Graph) -> list[str]:
+    return [node.op for _, node in graph.nodes()]
