@@ -1,0 +1,199 @@
+"""Kernels of conv2d and the max-pool ops (NCHW; semantics in compiler/ops/conv.py).
+
+conv2d is a direct loop nest: for each image n and output channel o, the output plane
+is zeroed, then for each input channel c of o's group and kernel tap (i, j) the plane
+gets w[o, c, i, j] * (the shifted, strided input plane). The valid output rows and
+columns of a tap (those reading a real, not padding, pixel) are computed with integer
+arithmetic, so the inner loop has no bounds checks: it runs along an output row
+(contiguous) and an input row (stride `stride[1]`), and vectorizes for stride 1.
+(An im2col + matmul formulation is later performance work.)
+
+Max pools walk each window's real pixels (the clamped window; padding is -inf and never
+wins). The window argmax is the FIRST maximal pixel in row-major order, or the first
+NaN if there is one: a pixel replaces the best so far when it is greater, or when it is
+NaN and the best is not. max_pool2d_grad accumulates g at that pixel window by window in
+row-major order, so duplicates sum in numpy.add.at's order.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from llvmlite import ir
+
+from compiler.codegen import scalar as S
+from compiler.codegen.loops import I64, const, for_range
+from compiler.codegen.lower import KernelCtx, Lowering, register
+
+
+def _smax(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    return b.select(b.icmp_signed(">", x, y), x, y)
+
+
+def _smin(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _floor_div(b: ir.IRBuilder, a: ir.Value, d: int) -> ir.Value:
+    if d == 1:
+        return a
+    q, r = b.sdiv(a, const(d)), b.srem(a, const(d))
+    adjust = b.and_(b.icmp_signed("!=", r, const(0)), b.icmp_signed("<", a, const(0)))
+    return b.sub(q, b.zext(adjust, I64))
+
+
+def valid_range(b: ir.IRBuilder, offset: ir.Value, stride: int, size: int, count: int) -> tuple[ir.Value, ir.Value]:
+    """(first t, number of t) in [0, count) with 0 <= t*stride + offset < size."""
+    first = b.sub(const(0), _floor_div(b, offset, stride))  # ceil(-offset / stride)
+    first = _smax(b, first, const(0))
+    last = _smin(b, _floor_div(b, b.sub(const(size - 1), offset), stride), const(count - 1))
+    return first, _smax(b, b.add(b.sub(last, first), const(1)), const(0))
+
+
+def _at(b: ir.IRBuilder, strides: tuple[int, ...], *indices: ir.Value | int) -> ir.Value:
+    total: ir.Value = const(0)
+    for index, stride in zip(indices, strides):
+        if stride == 0 or (isinstance(index, int) and index == 0):
+            continue
+        term = const(index * stride) if isinstance(index, int) else b.mul(index, const(stride))
+        total = b.add(total, term)
+    return total
+
+
+def _emit_conv2d(ctx: KernelCtx) -> None:
+    x, w = ctx.ins
+    out = ctx.out
+    if out.layout.size == 0:
+        return
+    b = ctx.b
+    sc = ctx.scalar()
+    a = ctx.attrs
+    (sh, sw), (ph, pw), (dh, dw), groups = a["stride"], a["padding"], a["dilation"], a["groups"]
+    n_images, channels, height, width = x.shape
+    o_count, cg, kh, kw = w.shape
+    _, _, ho_count, wo_count = out.shape
+    og = o_count // groups
+    flags = ("contract",)
+    with for_range(b, n_images, "n") as n, for_range(b, o_count, "o") as o:
+        plane = _at(b, out.strides, n, o)
+        with for_range(b, ho_count * wo_count, "p") as p:
+            ctx.store(out, b.add(plane, p), sc.const(0.0))
+        if cg == 0:
+            return
+        group = b.udiv(o, const(og)) if og > 1 else o
+        with for_range(b, cg, "c") as c, for_range(b, kh, "ki") as i, for_range(b, kw, "kj") as j:
+            channel = b.add(b.mul(group, const(cg)), c) if groups > 1 else c
+            weight = ctx.load(w, _at(b, w.strides, o, c, i, j))
+            x_plane = _at(b, x.strides, n, channel)
+            row_off = b.sub(b.mul(i, const(dh)), const(ph))
+            col_off = b.sub(b.mul(j, const(dw)), const(pw))
+            row0, rows = valid_range(b, row_off, sh, height, ho_count)
+            col0, cols = valid_range(b, col_off, sw, width, wo_count)
+            with for_range(b, rows, "r") as r:
+                ho = b.add(row0, r)
+                x_row = b.add(x_plane, b.mul(b.add(b.mul(ho, const(sh)), row_off), const(x.strides[2])))
+                out_row = b.add(plane, b.mul(ho, const(out.strides[2])))
+                with for_range(b, cols, "q") as q:
+                    wo = b.add(col0, q)
+                    xi = b.add(x_row, b.mul(b.add(b.mul(wo, const(sw)), col_off), const(x.strides[3])))
+                    oi = b.add(out_row, wo)
+                    product = b.fmul(weight, ctx.load(x, xi), flags=flags)
+                    ctx.store(out, oi, b.fadd(ctx.load(out, oi), product, flags=flags))
+
+
+register(Lowering("conv2d", emit=_emit_conv2d))
+
+
+# ---------------------------------------------------------------- pools
+def _windows(ctx: KernelCtx, x: Any, body: Any) -> None:
+    """Call body(n, c, ho, wo, rows: (first, count), cols: (first, count), origin) per window."""
+    b = ctx.b
+    (kh, kw), (sh, sw), (ph, pw) = ctx.attrs["kernel"], ctx.attrs["stride"], ctx.attrs["padding"]
+    n_images, channels, height, width = x.shape
+    ho_count = (height + 2 * ph - kh) // sh + 1
+    wo_count = (width + 2 * pw - kw) // sw + 1
+    with for_range(b, n_images, "n") as n, for_range(b, channels, "c") as c, \
+            for_range(b, ho_count, "ho") as ho, for_range(b, wo_count, "wo") as wo:
+        top = b.sub(b.mul(ho, const(sh)), const(ph))
+        left = b.sub(b.mul(wo, const(sw)), const(pw))
+        rows = valid_range(b, top, 1, height, kh)  # window rows i with a real pixel top + i
+        cols = valid_range(b, left, 1, width, kw)
+        body(n, c, ho, wo, top, left, rows, cols)
+
+
+def _argmax(ctx: KernelCtx, x: Any, n: ir.Value, c: ir.Value, top: ir.Value, left: ir.Value,
+            rows: tuple, cols: tuple) -> tuple[ir.Value, ir.Value]:
+    """(row, column) in x of the window's first maximal (or first NaN) real pixel."""
+    b = ctx.b
+    sc = ctx.scalar([x.dtype])
+    plane = _at(b, x.strides, n, c)
+    best = ctx.local(sc.type, sc.const(-np.inf), "best")
+    best_row = ctx.local(I64, b.add(top, rows[0]), "row")
+    best_col = ctx.local(I64, b.add(left, cols[0]), "col")
+    with for_range(b, rows[1], "i") as ri, for_range(b, cols[1], "j") as rj:
+        row, col = b.add(top, b.add(rows[0], ri)), b.add(left, b.add(cols[0], rj))
+        value = ctx.load(x, b.add(plane, _at(b, x.strides[2:], row, col)))
+        current = b.load(best, typ=sc.type)
+        greater = b.fcmp_ordered(">", value, current)
+        first_nan = b.and_(b.fcmp_unordered("uno", value, value), b.fcmp_ordered("ord", current, current))
+        take = b.or_(greater, first_nan)
+        b.store(b.select(take, value, current), best)
+        b.store(b.select(take, row, b.load(best_row, typ=I64)), best_row)
+        b.store(b.select(take, col, b.load(best_col, typ=I64)), best_col)
+    return b.load(best_row, typ=I64), b.load(best_col, typ=I64)
+
+
+def _emit_max_pool2d(ctx: KernelCtx) -> None:
+    (x,) = ctx.ins
+    out = ctx.out
+    if out.layout.size == 0:
+        return
+    b = ctx.b
+    sc = ctx.scalar()
+
+    def body(n, c, ho, wo, top, left, rows, cols):  # noqa: ANN001, ANN202
+        m = ctx.local(sc.type, sc.const(-np.inf), "max")
+        plane = _at(b, x.strides, n, c)
+        with for_range(b, rows[1], "i") as ri, for_range(b, cols[1], "j") as rj:
+            at = b.add(plane, _at(b, x.strides[2:], b.add(top, b.add(rows[0], ri)), b.add(left, b.add(cols[0], rj))))
+            b.store(S.maximum(sc, b.load(m, typ=sc.type), ctx.load(x, at)), m)
+        ctx.store(out, _at(b, out.strides, n, c, ho, wo), b.load(m, typ=sc.type))
+
+    _windows(ctx, x, body)
+
+
+def _emit_max_pool2d_grad(ctx: KernelCtx) -> None:
+    x, g = ctx.ins
+    out = ctx.out
+    if out.layout.size == 0:
+        return
+    b = ctx.b
+    sc = ctx.scalar([out.dtype])
+    ctx.fill(out, sc.const(0.0))
+
+    def body(n, c, ho, wo, top, left, rows, cols):  # noqa: ANN001, ANN202
+        row, col = _argmax(ctx, x, n, c, top, left, rows, cols)
+        target = _at(b, out.strides, n, c, row, col)
+        value = ctx.load(g, _at(b, g.strides, n, c, ho, wo))
+        ctx.store(out, target, b.fadd(ctx.load(out, target), value))
+
+    _windows(ctx, x, body)
+
+
+def _emit_max_pool2d_select(ctx: KernelCtx) -> None:
+    x, v = ctx.ins
+    out = ctx.out
+    if out.layout.size == 0:
+        return
+    b = ctx.b
+
+    def body(n, c, ho, wo, top, left, rows, cols):  # noqa: ANN001, ANN202
+        row, col = _argmax(ctx, x, n, c, top, left, rows, cols)
+        ctx.store(out, _at(b, out.strides, n, c, ho, wo), ctx.load(v, _at(b, v.strides, n, c, row, col)))
+
+    _windows(ctx, x, body)
+
+
+register(Lowering("max_pool2d", emit=_emit_max_pool2d))
+register(Lowering("max_pool2d_grad", emit=_emit_max_pool2d_grad))
+register(Lowering("max_pool2d_select", emit=_emit_max_pool2d_select))

@@ -1,0 +1,149 @@
+"""The on-disk compile cache and the workspace planner."""
+from __future__ import annotations
+
+import os
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import compiler
+from compiler import ops
+from compiler.codegen import cache as compile_cache
+from compiler.codegen import compile as compile_graph
+from compiler.codegen import memplan
+
+codegen_compile = sys.modules["compiler.codegen.compile"]
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PULLBACK_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("PULLBACK_NO_CACHE", raising=False)
+    return tmp_path
+
+
+def graph(scale=2.0):
+    return compiler.trace(lambda x: ops.exp(x) * scale, np.zeros(5, np.float32), name="cached")
+
+
+def entries(directory):
+    return sorted(p.name for p in directory.iterdir() if p.suffix == ".pullback")
+
+
+def test_second_compile_hits_the_cache(cache_dir, monkeypatch):
+    x = np.arange(5, dtype=np.float32)
+    first = compile_graph(graph())
+    assert len(entries(cache_dir)) == 1
+
+    def no_llvm(*args, **kwargs):
+        raise AssertionError("a cache hit must not run LLVM")
+
+    monkeypatch.setattr(codegen_compile, "_llvm_module", no_llvm)
+    second = compile_graph(graph())  # a new, equal graph (other source locations)
+    assert second.sha256 == first.sha256
+    np.testing.assert_array_equal(second(x), first(x))
+
+
+def test_key_depends_on_graph_options_and_target():
+    target = {"triple": "x86_64-unknown-linux-gnu", "cpu": "a", "features": "+x"}
+    base = compile_cache.cache_key(graph(), 2, target, "1")
+    assert base == compile_cache.cache_key(graph(), 2, target, "1")
+    assert base != compile_cache.cache_key(graph(3.0), 2, target, "1")
+    assert base != compile_cache.cache_key(graph(), 1, target, "1")
+    assert base != compile_cache.cache_key(graph(), 2, dict(target, cpu="b"), "1")
+    assert base != compile_cache.cache_key(graph(), 2, target, "2")
+
+
+def test_constants_are_keyed_by_value():
+    def make(value):
+        return compiler.trace(lambda x: x + ops.constant(np.full(3, value)), np.zeros(3))
+
+    assert compile_cache.graph_digest(make(1.0)) != compile_cache.graph_digest(make(2.0))
+    assert compile_cache.graph_digest(make(1.0)) == compile_cache.graph_digest(make(1.0))
+
+
+def test_cache_off(cache_dir, monkeypatch):
+    compile_graph(graph(), cache=False)
+    assert entries(cache_dir) == []
+    monkeypatch.setenv("PULLBACK_NO_CACHE", "1")
+    kernel = compile_graph(graph())
+    assert entries(cache_dir) == []
+    np.testing.assert_allclose(kernel(np.ones(5, np.float32)), np.exp(np.ones(5, np.float32)) * 2)
+
+
+def test_corrupt_entry_is_recompiled_and_replaced(cache_dir):
+    compile_graph(graph())
+    (name,) = entries(cache_dir)
+    (cache_dir / name).write_bytes(b"PULLBACK garbage")
+    kernel = compile_graph(graph())
+    np.testing.assert_allclose(kernel(np.ones(5, np.float32)), np.exp(np.ones(5, np.float32)) * 2)
+    assert (cache_dir / name).read_bytes() == kernel.to_bytes()
+    assert not [p for p in cache_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cache_folder_defaults(monkeypatch, tmp_path):
+    monkeypatch.delenv("PULLBACK_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compile_cache.cache_dir() == tmp_path / "pullback"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert compile_cache.cache_dir() == compile_cache.pathlib.Path.home() / ".cache" / "pullback"
+
+
+def test_unwritable_cache_is_not_an_error(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("PULLBACK_CACHE_DIR", str(blocker / "cache"))
+    kernel = compile_graph(graph())
+    assert kernel(np.zeros(5, np.float32)).shape == (5,)
+
+
+# ------------------------------------------------------------------ the planner
+def test_planner_reuses_dead_buffers():
+    bufs = [SimpleNamespace(nbytes=100, first=i, last=i + 1, offset=-1) for i in range(10)]
+    total = memplan.assign_offsets(bufs)
+    assert total == 2 * 128  # a chain needs two live buffers at a time
+    for a, b in zip(bufs, bufs[1:]):
+        assert a.offset != b.offset
+    assert all(b.offset % 64 == 0 for b in bufs)
+
+
+def test_planner_never_overlaps_live_buffers():
+    rng = np.random.default_rng(0)
+    bufs = []
+    for _ in range(300):
+        first = int(rng.integers(0, 100))
+        bufs.append(SimpleNamespace(nbytes=int(rng.integers(0, 5000)), first=first,
+                                    last=first + int(rng.integers(0, 20)), offset=-1))
+    total = memplan.assign_offsets(bufs)
+    live = [b for b in bufs if b.nbytes]
+    for i, a in enumerate(live):
+        assert a.offset + a.nbytes <= total
+        for b in live[i + 1:]:
+            if a.first <= b.last and b.first <= a.last:
+                assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset
+
+
+def test_workspace_of_a_long_chain_stays_small():
+    def chain(x):
+        for _ in range(20):
+            x = ops.tanh(x) * 1.5
+        return ops.sum(x)
+
+    kernel = compile_graph(compiler.trace(chain, np.zeros(1000, np.float32)), opt_level=0, cache=False)
+    assert kernel.workspace_bytes <= 2 * 4032  # two live f32[1000] buffers, 64-byte aligned
+    x = np.linspace(0.1, 1, 1000, dtype=np.float32)
+    np.testing.assert_allclose(kernel(x), compiler.evaluate(compiler.trace(chain, x), x), rtol=1e-4)
+
+
+def test_saved_artifact_loads_and_runs(tmp_path):
+    import runtime
+
+    kernel = compile_graph(graph(), cache=False)
+    kernel.save(tmp_path / "k.pullback")
+    loaded = runtime.load(tmp_path / "k.pullback")
+    x = np.linspace(0, 1, 5, dtype=np.float32)
+    np.testing.assert_array_equal(loaded(x), kernel(x))
+    assert loaded.manifest["extra"]["workspace_planner"] == "liveness first-fit"
+    assert os.path.getsize(tmp_path / "k.pullback") == len(kernel.to_bytes())
