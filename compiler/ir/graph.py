@@ -8,6 +8,7 @@ in `Graph.outputs`; `in_tree`/`out_tree` give their pytree structure.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -129,11 +130,30 @@ class Graph:
 
         Builders only ever add users after their operands, so id order is usually already
         topological; checking that is linear, and then it is the answer. Graphs rewired by
-        passes fall back to networkx's heap-based sort.
+        passes take a heap-based Kahn sort over networkx's raw adjacency dicts.
         """
         if self.is_id_ordered():
             return sorted(self.nx)
-        return list(nx.lexicographical_topological_sort(self.nx))
+        successors = self.nx._succ
+        waiting = {n: len(data["node"].operands) for n, data in self.nx._node.items()}
+        ready = [n for n, count in waiting.items() if count == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            node_id = heapq.heappop(ready)
+            order.append(node_id)
+            for user, edges in successors[node_id].items():
+                waiting[user] -= len(edges)
+                if waiting[user] == 0:
+                    heapq.heappush(ready, user)
+        if len(order) != len(waiting):
+            return list(nx.lexicographical_topological_sort(self.nx))  # a cycle: networkx names it
+        return order
+
+    @property
+    def next_id(self) -> int:
+        """The id the next added node will get (ids only grow)."""
+        return self._next_id
 
     def nodes(self) -> Iterator[tuple[int, Node]]:
         for node_id in self.topo_order():

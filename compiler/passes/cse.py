@@ -42,6 +42,8 @@ def canonical(value: Any) -> Hashable:
         return ("ndarray", value.dtype.str, value.shape, np.ascontiguousarray(value).tobytes())
     if isinstance(value, Mapping):
         return ("dict", tuple(sorted((str(k), canonical(v)) for k, v in value.items())))
+    if isinstance(value, Graph):
+        return ("graph", id(value))  # bodies are immutable once built: identity is meaning
     return (kind.__name__, repr(value))
 
 
@@ -64,8 +66,8 @@ class CommonSubexpressionElimination(Pass):
             if rename and any(o in rename for o in operands):
                 operands = tuple(rename.get(o, o) for o in operands)
                 graph.replace_node(node_id, operands=operands)
-            if node.op in NEVER_MERGED:
-                continue
+            if node.op in NEVER_MERGED or (node.loc or "").startswith("recompute "):
+                continue  # rematerialized copies exist to be separate values
             first = seen.setdefault(node_key(node.op, operands, node.attrs, node.type), node_id)
             if first != node_id:
                 rename[node_id] = first

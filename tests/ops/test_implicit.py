@@ -280,8 +280,6 @@ def test_inline_replays_a_graph():
         compiler.trace(lambda a, c: inline(g, a, c), a, np.ones(3))
 
 
-@pytest.mark.xfail(reason="passes/cse.py keys Graph attributes by repr(): two bodies of one name and size merge "
-                          "(owner of compiler/passes must key Graph attrs by identity)", strict=False)
 def test_optimizer_keeps_distinct_bodies_apart():
     from compiler.pipeline import optimize
 
