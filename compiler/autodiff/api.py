@@ -13,6 +13,7 @@ from compiler.ir.graph import Graph, building
 from compiler.ir.types import FLOAT_DTYPES
 from compiler.ir.verify import verify
 from compiler.ops.constants import full
+from compiler.passes.manager import gc_paused
 from runtime.pytree import LEAF, leaf_paths, num_leaves
 
 
@@ -97,14 +98,16 @@ def _cotangent_inputs(graph: Graph) -> dict[int, int]:
 
 def grad(graph: Graph, argnums: int | Sequence[int] = 0) -> Graph:
     """Graph computing the gradient of the scalar output w.r.t. the chosen arguments."""
-    new, grads, tree, _ = _differentiate(graph, argnums, "grad")
+    with gc_paused():
+        new, grads, tree, _ = _differentiate(graph, argnums, "grad")
     new.set_outputs(grads, tree if num_leaves(tree) == len(grads) else None)
     return _finish(new)
 
 
 def value_and_grad(graph: Graph, argnums: int | Sequence[int] = 0) -> Graph:
     """Graph computing (value, gradients): the training step."""
-    new, grads, tree, _ = _differentiate(graph, argnums, "value_and_grad")
+    with gc_paused():
+        new, grads, tree, _ = _differentiate(graph, argnums, "value_and_grad")
     new.set_outputs([graph.outputs[0]] + grads, (LEAF, tree))
     return _finish(new)
 
@@ -114,7 +117,8 @@ def vjp(graph: Graph, argnums: int | Sequence[int] = 0) -> Graph:
 
     The cotangents argument has the structure of the graph's outputs.
     """
-    new, grads, tree, _ = _differentiate(graph, argnums, "vjp")
+    with gc_paused():
+        new, grads, tree, _ = _differentiate(graph, argnums, "vjp")
     new.set_outputs(grads, tree)
     return _finish(new)
 
