@@ -15,7 +15,12 @@ cotangents over its uses.
 
     pullback dump examples/chain_rule.py                   the traced IR
     pullback dump examples/chain_rule.py --stage backward  the IR of value and gradients
-    python examples/chain_rule.py                          evaluate, compare with closed forms
+    python examples/chain_rule.py [--steps 300]            evaluate, compare with closed forms,
+                                                           then descend the loss
+
+The script ends with plain gradient descent on the loss, through the compiled value and
+gradient: x goes to 0 (h's minimum, 125), t to 0 (a local minimum of z, 0), and s keeps
+sliding down, ever slower (e^(3s) > 0 falls towards 0 but has no minimizer).
 """
 import numpy as np
 
@@ -61,17 +66,46 @@ def closed_form_gradient(params):
     }
 
 
-if __name__ == "__main__":
-    import compiler
-    from compiler.models import script_main
+def main(argv=None):
+    import argparse
+    import sys
 
-    model, graph, value = script_main(__file__)
-    params = init_params(0)
+    import compiler
+    from compiler.models import script_main, summary
+
+    parser = argparse.ArgumentParser(description="The chain rule on scalars: derivatives, then gradient descent.")
+    parser.add_argument("--ir", action="store_true", help="print the forward IR")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the start point (default 0)")
+    parser.add_argument("--steps", type=int, default=300, help="gradient descent steps, 0 for none (default 300)")
+    parser.add_argument("--lr", type=float, default=4e-3, help="gradient descent step size (default 0.004)")
+    args = parser.parse_args(argv)
+    if args.steps < 0:
+        parser.error("--steps must not be negative")
+    model, graph, value = script_main(__file__, ["--seed", str(args.seed)] + (["--ir"] if args.ir else []))
+
+    params = init_params(args.seed)
     expected = closed_form_gradient(params)
-    grad = getattr(compiler, "grad", None)
-    if grad is None:
-        print("closed-form gradient:", {k: round(float(v), 6) for k, v in expected.items()})
-    else:
-        got = compiler.evaluate(grad(graph, argnums=0), params)
-        for key in ("x", "s", "t"):
-            print(f"d loss/d {key}: autodiff {float(got[key]):.6g}, closed form {float(expected[key]):.6g}")
+    got = compiler.evaluate(compiler.grad(graph, argnums=0), params)
+    for key in ("x", "s", "t"):
+        print(f"d loss/d {key}: autodiff {float(got[key]):.6g}, closed form {float(expected[key]):.6g}")
+    if not args.steps:
+        return
+    from training import train
+
+    print(f"gradient descent from x = {params['x']:.4f}, s = {params['s']:.4f}, t = {params['t']:.4f}:")
+    shown = summary(graph)
+
+    def say(text):
+        if text != shown:  # script_main printed the summary already
+            print(text)
+
+    # The loss takes no data: every step calls the kernel on the params alone.
+    result = train(sys.modules[__name__], args.steps, args.lr, "sgd", seed=args.seed, batch_fn=lambda step: (),
+                   log=say)
+    end = result.params
+    print(f"after {args.steps} steps: x = {end['x']:.4f}, s = {end['s']:.4f}, t = {end['t']:.4f} "
+          "(h is least at x = 0, z has a local minimum at t = 0, e^(3s) has no minimum)")
+
+
+if __name__ == "__main__":
+    main()

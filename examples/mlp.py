@@ -4,12 +4,17 @@ slope beta is learned (one scalar per layer), softmax cross-entropy on integer l
     swish(x; beta) = x * sigmoid(beta * x)
     loss = mean over the batch of -log softmax(logits)[label]
 
+The task: x is a standard normal vector in R^32 and its label is the one of ten fixed
+directions w_k it lies most along, up to sign: label = argmax_k |x . w_k|. The label of
+-x is the label of x, so no linear classifier beats chance; the hidden layers have to
+build |.|-like features (swish(z) + swish(-z) is one). Every step draws a fresh batch.
+
 The default sizes are small so the example runs fast; the benchmark size is
 784 -> 256 -> 256 -> 10 with batch 64 (`specs(BENCHMARK_SIZES)`).
 
     pullback dump examples/mlp.py
     pullback compile examples/mlp.py -o mlp.pbk && pullback run mlp.pbk
-    python examples/mlp.py
+    python examples/mlp.py [--steps 800]
 """
 import numpy as np
 
@@ -18,6 +23,7 @@ from compiler import Spec, ops
 SIZES = (32, 64, 64, 10)  # input, hidden, hidden, classes
 BENCHMARK_SIZES = (784, 256, 256, 10)
 BATCH = 64
+TASK_SEED = 1234  # the ten directions: one task for every training seed
 
 
 def swish(x, beta):
@@ -30,19 +36,19 @@ def loss(params, x, labels):
     logits = h @ params["W3"] + params["b3"]
     batch, classes = logits.shape
     # One-hot rows from integer labels: compare each label with 0..classes-1.
-    one_hot = ops.cast(labels.reshape(batch, 1) == np.arange(classes, dtype=np.int32), "float32")
+    one_hot = ops.cast(labels.reshape(batch, 1) == np.arange(classes, dtype=np.int32), logits.dtype)
     log_probs = ops.log_softmax(logits, axis=1)
     return -ops.sum(one_hot * log_probs) / batch
 
 
-def specs(sizes=SIZES, batch=BATCH):
+def specs(sizes=SIZES, batch=BATCH, dtype="float32"):
     n_in, h1, h2, n_out = sizes
     params = {
-        "W1": Spec((n_in, h1)), "b1": Spec((h1,)), "beta1": Spec(()),
-        "W2": Spec((h1, h2)), "b2": Spec((h2,)), "beta2": Spec(()),
-        "W3": Spec((h2, n_out)), "b3": Spec((n_out,)),
+        "W1": Spec((n_in, h1), dtype), "b1": Spec((h1,), dtype), "beta1": Spec((), dtype),
+        "W2": Spec((h1, h2), dtype), "b2": Spec((h2,), dtype), "beta2": Spec((), dtype),
+        "W3": Spec((h2, n_out), dtype), "b3": Spec((n_out,), dtype),
     }
-    return params, Spec((batch, n_in)), Spec((batch,), "int32")
+    return params, Spec((batch, n_in), dtype), Spec((batch,), "int32")
 
 
 def init_params(seed, sizes=SIZES):
@@ -59,14 +65,27 @@ def init_params(seed, sizes=SIZES):
     }
 
 
+def directions(n_in, classes):
+    """The task's fixed unit directions, one column per class."""
+    w = np.random.default_rng(TASK_SEED).standard_normal((n_in, classes))
+    return w / np.linalg.norm(w, axis=0)
+
+
 def make_batch(seed, sizes=SIZES, batch=BATCH):
     rng = np.random.default_rng(seed + 1000)
-    x = rng.standard_normal((batch, sizes[0])).astype(np.float32)
-    labels = rng.integers(0, sizes[-1], batch).astype(np.int32)
-    return x, labels
+    x = rng.standard_normal((batch, sizes[0]))
+    labels = np.argmax(np.abs(x @ directions(sizes[0], sizes[-1])), axis=1)
+    return x.astype(np.float32), labels.astype(np.int32)
+
+
+def train_batch(step, seed=0):
+    """A fresh batch every training step (the task has unlimited data)."""
+    return make_batch(1_000_000 * seed + 10_000 + step)
 
 
 if __name__ == "__main__":
-    from compiler.models import script_main
+    import sys
 
-    script_main(__file__)
+    from training import main
+
+    main(sys.modules[__name__], steps=800, lr=3e-3, optimizer="adam")

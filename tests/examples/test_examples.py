@@ -2,6 +2,7 @@
 as a script, and survives the IR text round trip."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -83,15 +84,40 @@ def test_example_follows_the_convention_and_matches_numpy(name):
     assert all(kind == "data" for n, kind in params.items() if not n.startswith("params.")), params
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
-def test_example_runs_as_a_script(name):
-    require_ops(name)
+def test_chain_rule_runs_as_a_script():
     result = subprocess.run(
-        [sys.executable, str(example_path(name))], capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [sys.executable, str(example_path("chain_rule")), "--steps", "5"], capture_output=True, text=True,
+        timeout=120, cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     assert "forward IR has" in result.stdout
     assert "loss at the example inputs (seed 0) = " in result.stdout
+    for key in ("x", "s", "t"):
+        match = re.search(rf"d loss/d {key}: autodiff (\S+), closed form (\S+)\n", result.stdout)
+        assert match, result.stdout
+        np.testing.assert_allclose(float(match.group(1)), float(match.group(2)), rtol=1e-5, err_msg=key)
+    losses = [float(v) for v in re.findall(r"step +\d+  loss (\S+)", result.stdout)]
+    assert len(losses) == 5 and losses[-1] < losses[0], result.stdout
+    assert "after 5 steps: x = " in result.stdout
+
+
+@pytest.mark.parametrize("name", [n for n in EXAMPLES if n != "chain_rule"])
+def test_example_trains_as_a_script_with_the_interpreter(name):
+    """The training scripts (compiled in tests/examples/test_training_examples.py) also
+    run on the reference interpreter; their first loss is the loss at the example params."""
+    require_ops(name)
+    result = subprocess.run(
+        [sys.executable, str(example_path(name)), "--steps", "2", "--interpreter"], capture_output=True, text=True,
+        timeout=120, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "forward IR has" in result.stdout
+    assert "(using the reference interpreter: --interpreter was given)" in result.stdout
+    assert "interpreter: compile n/a (interpreter), median step" in result.stdout, result.stdout
+    model = load_model(example_path(name))
+    first = float(re.search(r"step     0  loss (\S+)", result.stdout).group(1))
+    expected = compiler.evaluate(model.trace(), model.init_params(0), *model.module.train_batch(0, 0))
+    np.testing.assert_allclose(first, float(expected), rtol=1e-4, atol=1e-5)
 
 
 def _assert_same_graph(a, b):
