@@ -4,6 +4,11 @@ Ops are added through `Graph.add_node` with their types inferred, and each infer
 must equal the declared one, so a text graph is checked exactly as a traced one is.
 Attribute blocks are read with `ast` and a small literal evaluator (never `eval`).
 Every problem raises ParseError naming the line.
+
+The text is one or more `graph NAME` sections: the first is the graph returned, the
+others are bodies referred to by attributes written `graph('NAME')`. A body is built
+(and verified) when first referred to, so bodies are finished before the ops using them;
+a section referring to itself through bodies, to no section, or never used is an error.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import ast
 import math
 import re
 import warnings
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import numpy as np
@@ -26,27 +32,98 @@ from runtime.pytree import LEAF, TreeError, flatten, num_leaves, treedef_from_te
 _OP = re.compile(r"[A-Za-z_]\w*")
 _TYPE = re.compile(r"\w*\[[^\]]*\]")
 _STRING = re.compile(r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*\"""")
+MAX_BODY_DEPTH = 100  # bodies within bodies; far beyond real programs, well within Python's recursion limit
 
 
 def parse(text: str) -> Graph:
     """Rebuild the graph printed as `text`; raises ParseError naming the line on bad input."""
     if not isinstance(text, str):
         raise ParseError(f"IR text must be a str, got {type(text).__name__}")
-    return _Parser(text).parse()
+    return _Text(text).parse()
 
 
-class _Parser:
+@dataclass(frozen=True)
+class _BodyRef:
+    """graph('name') in an attribute, before the section it names is looked up."""
+    name: str
+
+    def __repr__(self) -> str:  # as written, for messages like "an array cannot hold graph('x')"
+        return f"graph({self.name!r})"
+
+
+class _Text:
+    """Splits the text into `graph` sections and builds each body once, on first reference."""
+
     def __init__(self, text: str) -> None:
         # Blank lines and whole-line `#` comments are allowed anywhere (golden files may annotate).
         self.lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
                       if line.strip() and not line.strip().startswith("#")]
         self.last_line = max(1, len(text.splitlines()))
+        self.sections: dict[str, list[tuple[int, str]]] = {}  # name -> its lines, header first
+        self.built: dict[str, Graph] = {}
+        self.building: list[str] = []  # sections being built, outermost first
+
+    def parse(self) -> Graph:
+        if not self.lines:
+            raise ParseError(f"line {self.last_line}: the text ends before the `graph NAME` header (truncated?)")
+        lineno, first = self.lines[0]
+        if _keyword(first) != "graph":
+            raise ParseError(f"line {lineno}: expected `graph ...`, got {first!r}")
+        current: list[tuple[int, str]] = []
+        for lineno, line in self.lines:
+            if _keyword(line) == "graph":
+                name = _graph_name(line[len("graph"):].strip(), lineno)
+                if name in self.sections:
+                    raise ParseError(f"line {lineno}: graph {name!r} is already defined on line "
+                                     f"{self.sections[name][0][0]} (section names must be unique)")
+                current = self.sections[name] = []
+            current.append((lineno, line))
+        main = next(iter(self.sections))
+        graph = self._build(main)
+        for name, lines in self.sections.items():
+            if name not in self.built:
+                raise ParseError(f"line {lines[0][0]}: graph {name!r} is not used: no attribute refers to "
+                                 f"graph({name!r}) (the first section is the graph; the others are its bodies)")
+        return graph
+
+    def body(self, name: str, lineno: int) -> Graph:
+        """The body graph('name') referred to on line `lineno`."""
+        if name in self.built:
+            return self.built[name]
+        if name not in self.sections:
+            raise ParseError(f"line {lineno}: graph({name!r}) refers to no section: the text has no `graph {name}`")
+        if name in self.building:
+            cycle = " -> ".join(repr(n) for n in self.building[self.building.index(name):] + [name])
+            raise ParseError(f"line {lineno}: graph({name!r}) makes graph {name!r} contain itself: {cycle}")
+        if len(self.building) > MAX_BODY_DEPTH:
+            raise ParseError(f"line {lineno}: bodies are nested more than {MAX_BODY_DEPTH} deep")
+        return self._build(name)
+
+    def _build(self, name: str) -> Graph:
+        self.building.append(name)
+        graph = _Parser(self, name).parse()
+        self.building.pop()
+        self.built[name] = graph
+        return graph
+
+
+class _Parser:
+    """Builds the graph of one section."""
+
+    def __init__(self, text: _Text, name: str) -> None:
+        self.text, self.name = text, name
+        header, *self.lines = text.sections[name]
+        self.lineno = header[0]
+        names = list(text.sections)
+        following = names.index(name) + 1
+        self.last = following == len(names)
+        # a section ends at the next header: that line is where a missing `return` is reported
+        self.last_line = text.last_line if self.last else text.sections[names[following]][0][0]
         self.values: dict[str, tuple[int, int]] = {}  # text name -> (node id, defining line)
 
     def parse(self) -> Graph:
         lines = iter(self.lines)
-        name = self._header(self._next(lines, "the `graph NAME` header"), "graph")
-        graph = Graph(_graph_name(name, self.lineno))
+        graph = Graph(self.name)
         in_line = self._next(lines, "the `in_tree` line")
         in_tree = self._tree(self._header(in_line, "in_tree"), "in_tree")
         out_line = self._next(lines, "the `out_tree` line")
@@ -63,8 +140,7 @@ class _Parser:
             else:
                 self.fail(f"expected a value definition `%name = op(...) : type` or `return`, got {line!r}")
         if outputs is None:
-            self.lineno = self.last_line
-            self.fail("the text ends without a `return` line (truncated?)")
+            self._ended("without a `return` line")
         graph.capture_locations = True
         if num_leaves(in_tree) != len(graph.inputs):
             self.lineno = in_line[0]
@@ -90,9 +166,14 @@ class _Parser:
         try:
             self.lineno, line = next(lines)
         except StopIteration:
-            self.lineno = self.last_line
-            self.fail(f"the text ends before {what} (truncated?)")
+            self._ended(f"before {what}")
         return self.lineno, line
+
+    def _ended(self, how: str) -> NoReturn:
+        self.lineno = self.last_line
+        if self.last:
+            self.fail(f"the text ends {how} (truncated?)")
+        self.fail(f"graph {self.name!r} ends {how}: this `graph` line starts the next section")
 
     def _header(self, numbered: tuple[int, str], keyword: str) -> str:
         self.lineno, line = numbered
@@ -197,7 +278,17 @@ class _Parser:
                 attrs[keyword.arg] = _literal(keyword.value)
             except (ValueError, TypeError, OverflowError, RecursionError) as exc:
                 self.fail(f"attribute {keyword.arg}: {exc}")
-        return attrs
+        return {key: self._bodies(value) for key, value in attrs.items()}
+
+    def _bodies(self, value: Any) -> Any:
+        """`value` with each graph('name') replaced by that body, built now if need be."""
+        if isinstance(value, _BodyRef):
+            return self.text.body(value.name, self.lineno)
+        if isinstance(value, tuple):
+            return tuple(self._bodies(item) for item in value)
+        if isinstance(value, list):
+            return [self._bodies(item) for item in value]
+        return value
 
 
 def _ast_parse(source: str) -> ast.Expression:
@@ -338,7 +429,7 @@ class _Scanner:
 
 # ------------------------------------------------------------ literals
 def _literal(node: ast.AST) -> Any:
-    """A safe literal: numbers, strings, bools, None, tuples, lists, inf, nan, array(...)."""
+    """A safe literal: numbers, strings, bools, None, tuples, lists, inf, nan, array(...), graph(...)."""
     if isinstance(node, ast.Constant) and (node.value is None or type(node.value) in (bool, int, float, str)):
         return node.value
     if isinstance(node, ast.Name) and node.id in ("inf", "nan"):
@@ -354,8 +445,13 @@ def _literal(node: ast.AST) -> Any:
         return [_literal(item) for item in node.elts]
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "array":
         return _array(node)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "graph":
+        if len(node.args) != 1 or node.keywords or not (
+                isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            raise ValueError(f"write a body as graph('name'), got {ast.unparse(node)!r}")
+        return _BodyRef(node.args[0].value)
     raise ValueError(f"{ast.unparse(node)!r} is not a literal (numbers, strings, True/False/None, "
-                     f"tuples, lists, inf, nan, array(...))")
+                     f"tuples, lists, inf, nan, array(...), graph('name'))")
 
 
 def _array(call: ast.Call) -> np.ndarray:

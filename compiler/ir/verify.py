@@ -5,6 +5,7 @@ import networkx as nx
 
 from compiler.errors import ShapeError, VerifyError
 from compiler.ir.graph import INPUT_KINDS, Graph, Node
+from compiler.ir.printer import graphs_in
 from compiler.ir.types import TensorType
 from compiler.ops.registry import check_signature, get_op
 from runtime.pytree import TreeError, num_leaves
@@ -18,7 +19,16 @@ def _where(node_id: int, node: Node | None) -> str:
 
 
 def verify(graph: Graph) -> None:
-    """Raise VerifyError on the first broken invariant; return None when the graph is sound."""
+    """Raise VerifyError on the first broken invariant; return None when the graph is sound.
+
+    Graph-valued attributes (fixed_point bodies) are verified too, each once, before the
+    op that holds them; their errors name the op and the body: `%3 = fixed_point: body 'cell': ...`.
+    """
+    _verify(graph, [graph], set())
+
+
+def _verify(graph: Graph, enclosing: list[Graph], done: set[int]) -> None:
+    """`enclosing`: the graphs whose ops hold `graph`, outermost first; `done`: ids of verified bodies."""
     g = graph.nx
     for node_id, data in g.nodes(data=True):
         node = data.get("node")
@@ -44,6 +54,9 @@ def verify(graph: Graph) -> None:
             opdef = get_op(node.op)
         except VerifyError as exc:
             raise VerifyError(f"{_where(node_id, node)}: {exc}") from None
+        for key in sorted(node.attrs):
+            for body in graphs_in(node.attrs[key]):
+                _verify_body(body, f"{_where(node_id, node)}: body {body.name!r}", enclosing, done)
         operand_types = [graph.node(o).type for o in node.operands]
         try:
             check_signature(opdef, len(operand_types), node.attrs)
@@ -78,3 +91,17 @@ def verify(graph: Graph) -> None:
             raise VerifyError(f"out_tree has {num_leaves(graph.out_tree)} leaves but the graph has {len(graph.outputs)} outputs")
     except TreeError as exc:
         raise VerifyError(str(exc)) from None
+
+
+def _verify_body(body: Graph, where: str, enclosing: list[Graph], done: set[int]) -> None:
+    start = next((k for k, outer in enumerate(enclosing) if outer is body), None)
+    if start is not None:
+        path = " -> ".join(repr(outer.name) for outer in enclosing[start:])
+        raise VerifyError(f"{where}: a body may not contain itself: {path} -> {body.name!r}")
+    if id(body) in done:
+        return
+    try:
+        _verify(body, enclosing + [body], done)
+    except VerifyError as exc:
+        raise VerifyError(f"{where}: {exc}") from None
+    done.add(id(body))  # the graphs are alive until verify returns, so an id is not reused meanwhile

@@ -1,5 +1,7 @@
-"""DOT export: structure, labels, escaping and determinism (checked without graphviz)."""
+"""DOT export: structure, labels, escaping and determinism (checked without graphviz; with it when installed)."""
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -26,8 +28,12 @@ def tokens(dot: str) -> list[tuple[str, str]]:
     return result
 
 
-def parse_dot(dot: str) -> tuple[str, dict[str, dict[str, str]], list[tuple[str, str, dict[str, str]]]]:
-    """A small DOT reader for what to_dot writes: (graph name, nodes, edges); asserts well-formedness."""
+def parse_dot(dot: str, clusters: dict | None = None) -> tuple[str, dict[str, dict[str, str]],
+                                                               list[tuple[str, str, dict[str, str]]]]:
+    """A small DOT reader for what to_dot writes: (graph name, nodes, edges); asserts well-formedness.
+
+    `clusters`, when given, is filled with {cluster id: (its graph attributes, the node ids declared in it)}.
+    """
     toks = tokens(dot)
     assert toks[0] == ("id", "digraph") and toks[1][0] in ("string", "id") and toks[2] == ("punct", "{")
     assert toks[-1] == ("punct", "}")
@@ -38,6 +44,8 @@ def parse_dot(dot: str) -> tuple[str, dict[str, dict[str, str]], list[tuple[str,
             assert depth >= 0
     assert depth == 0
     body, nodes, edges, i = toks[3:-1], {}, [], 0
+    clusters = {} if clusters is None else clusters
+    inside: list[str] = []  # the subgraph being read
 
     def attr_list(i):
         attrs = {}
@@ -54,7 +62,21 @@ def parse_dot(dot: str) -> tuple[str, dict[str, dict[str, str]], list[tuple[str,
 
     while i < len(body):
         kind, value = body[i]
+        if (kind, value) == ("punct", "}"):
+            assert inside, "unbalanced }"
+            inside.pop()
+            i += 1
+            continue
         assert kind == "id", f"statement starts with {body[i]}"
+        if value == "subgraph":
+            assert not inside, "to_dot draws bodies as top-level clusters"
+            assert body[i + 1][0] == "id" and body[i + 1][1].startswith("cluster_") and body[i + 2] == ("punct", "{")
+            name = body[i + 1][1]
+            assert name not in clusters, f"cluster {name} declared twice"
+            clusters[name] = ({}, set())
+            inside.append(name)
+            i += 3
+            continue
         if body[i + 1] == ("arrow", "->"):
             assert body[i + 2][0] == "id"
             target = body[i + 2][1]
@@ -62,18 +84,27 @@ def parse_dot(dot: str) -> tuple[str, dict[str, dict[str, str]], list[tuple[str,
             edges.append((value, target, attrs))
         else:
             attrs, i = attr_list(i + 1)
-            if value not in ("node", "edge"):
+            if value == "graph":
+                if inside:
+                    clusters[inside[-1]][0].update(attrs)
+            elif value not in ("node", "edge"):
                 assert value not in nodes, f"node {value} declared twice"
                 nodes[value] = attrs
+                if inside:
+                    clusters[inside[-1]][1].add(value)
         assert body[i] == ("punct", ";")
         i += 1
+    assert not inside, "unclosed subgraph"
     return toks[1][1], nodes, edges
 
 
-def check(dot: str):
-    name, nodes, edges = parse_dot(dot)
-    for src, dst, _ in edges:
+def check(dot: str, clusters: dict | None = None):
+    clusters = {} if clusters is None else clusters
+    name, nodes, edges = parse_dot(dot, clusters)
+    for src, dst, attrs in edges:
         assert src in nodes and dst in nodes, f"edge {src} -> {dst} references an undeclared node"
+        if "ltail" in attrs:
+            assert src in clusters[attrs["ltail"]][1], "ltail names the cluster of the tail"
     return name, nodes, edges
 
 
@@ -186,3 +217,76 @@ def test_broken_graphs_still_draw():
     _, nodes, edges = check(to_dot(graph))
     assert "missing99" in nodes and unquote(nodes["missing99"]["label"]) == "undefined %99"
     assert "out1" in nodes and not any(dst == "out1" for _, dst, _ in edges)
+
+
+# ------------------------------------------------------------------ bodies
+def deq_grad():
+    from compiler.ops.implicit import fixed_point
+    from tests.ops.samples_implicit import cell
+
+    def loss(w, x):
+        return ops.sum(fixed_point(cell, ops.zeros_like(x), x, w, tol=1e-10) ** 2)
+    return compiler.grad(compiler.trace(loss, Spec((4, 4)), Spec((3, 4))))
+
+
+def test_bodies_are_dashed_clusters_linked_to_their_ops():
+    graph = deq_grad()
+    clusters = {}
+    _, nodes, edges = check(to_dot(graph), clusters)
+    assert to_dot(graph).splitlines()[1] == "  graph [compound=true];"
+    assert {k: unquote(a["label"]) for k, (a, _) in clusters.items()} == {"cluster_b1": "body cell",
+                                                                         "cluster_b2": "body adjoint_cell"}
+    assert all(a["style"] == "dashed" for a, _ in clusters.values())
+    cell = graph.node([n for n, node in graph.nodes() if node.op == "fixed_point"][0]).attrs["body"]
+    assert clusters["cluster_b1"][1] == {f"b1_v{n}" for n in cell.nx} | {"b1_out0"}
+    fixed = [f"v{n}" for n, node in graph.nodes() if node.op == "fixed_point"]  # forward, then adjoint
+    links = sorted((attrs["ltail"], dst) for _, dst, attrs in edges if "ltail" in attrs)
+    assert links == [("cluster_b1", fixed[0]), ("cluster_b2", fixed[1])]
+    assert all(unquote(a["label"]) == "body" and a["style"] == "dashed" for *_, a in edges if "ltail" in a)
+    labels = {k: unquote(a["label"]) for k, a in nodes.items()}
+    assert labels[fixed[0]] == "%1 = fixed_point\nbody=graph('cell'), max_iter=100, tol=1e-10"
+    assert labels["b2_v0"] == "%u\nf32[3,4] data" and labels["b1_v3"] == "%0 = matmul"  # names as in dump
+    assert len(nodes) == sum(len(g) + len(g.outputs) for g in (graph, cell, graph.node(
+        [n for n, node in graph.nodes() if node.op == "fixed_point"][1]).attrs["body"]))
+
+
+def test_shared_and_nested_bodies_are_drawn_once():
+    from compiler.ops.implicit import fixed_point
+
+    def outer(z, x):
+        return 0.5 * ops.tanh(fixed_point(lambda v, x: 0.5 * ops.sin(v) + x, z, x)) + x
+
+    def f(x):
+        return fixed_point(outer, x, x) + fixed_point(outer, x * 2.0, x)  # two traces of outer, equal text
+
+    graph = compiler.trace(f, Spec((3,), "float64"))
+    clusters = {}
+    _, nodes, edges = check(to_dot(graph), clusters)
+    assert sorted(unquote(a["label"]) for a, _ in clusters.values()) == ["body <lambda>", "body outer"]
+    links = sorted((attrs["ltail"], dst) for _, dst, attrs in edges if "ltail" in attrs)
+    assert [tail for tail, _ in links] == ["cluster_b1", "cluster_b1", "cluster_b2"]  # outer twice, lambda once
+    assert links[2][1].startswith("b1_v")  # the inner body is used by an op inside outer's cluster
+    assert to_dot(graph) == to_dot(compiler.parse(compiler.dump(graph)))
+
+
+def test_a_body_containing_itself_still_draws():
+    from compiler.ops.implicit import fixed_point
+
+    graph = compiler.trace(lambda x: fixed_point(lambda z, x: 0.5 * z + x, x, x), Spec((2,)))
+    (node_id,) = [n for n, node in graph.nodes() if node.op == "fixed_point"]
+    body = graph.node(node_id).attrs["body"]
+    k = body.add_node("fixed_point", (body.inputs[0], body.inputs[1]), graph.node(node_id).attrs)  # body in itself
+    source = to_dot(graph)
+    _, nodes, edges = check(source)
+    assert ("b1_out0", f"b1_v{k}") in [(s, d) for s, d, a in edges if a.get("style") == "dashed"]
+    if shutil.which("dot"):
+        result = subprocess.run(["dot", "-Tsvg"], input=source, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and not result.stderr, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz is not installed")
+def test_graphviz_accepts_bodies():
+    source = to_dot(deq_grad())
+    result = subprocess.run(["dot", "-Tsvg"], input=source, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    assert "body cell" in result.stdout and "body adjoint_cell" in result.stdout

@@ -452,6 +452,8 @@ def test_operand_shapes_and_dtypes_are_checked():
     ("axes=(0, 1), keepdims=...", "is not a literal"),
     ("axes=(0, 1), keepdims=f'{1}'", "is not a literal"),
     ("axes=(0, 1), keepdims=x.y", "is not a literal"),
+    ("axes=graph('nope'), keepdims=False", "graph('nope') refers to no section"),  # bodies: tests/ir/test_bodies.py
+    ("axes=(0, 1), keepdims=graph(1)", "attribute keepdims: write a body as graph('name')"),
 ])
 def test_bad_attributes(attrs, problem):
     fails(replace_line(7, f"  %1 = sum(%0) {{{attrs}}} : f32[]"), 7, problem)

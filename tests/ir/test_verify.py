@@ -214,3 +214,75 @@ def test_first_problem_in_topological_order_is_reported():
     graph.replace_node(e, op="frobnicate")
     graph.replace_node(s, type=TensorType((4,), "float32"))
     rejects(graph, "unknown op 'frobnicate'")
+
+
+# ------------------------------------------------------------------ bodies
+def implicit_graph():
+    """%3 = fixed_point(x, x) with body 'outer', whose own fixed_point holds the body '<lambda>'."""
+    from compiler.ops.implicit import fixed_point
+
+    def outer(z, x):
+        return 0.5 * ops.tanh(fixed_point(lambda v, x: 0.5 * ops.sin(v) + x, z, x)) + x
+
+    graph = compiler.trace(lambda x: fixed_point(outer, x, x), Spec((3,), "float64"))
+    (op,) = [n for n, node in graph.nodes() if node.op == "fixed_point"]
+    outer_body = graph.node(op).attrs["body"]
+    (inner_op,) = [n for n, node in outer_body.nodes() if node.op == "fixed_point"]
+    return graph, op, outer_body, inner_op, outer_body.node(inner_op).attrs["body"]
+
+
+def test_sound_bodies_pass():
+    graph, *_ = implicit_graph()
+    assert verify(graph) is None
+    assert verify(compiler.grad(compiler.trace(lambda x: ops.sum(ops.exp(x)), Spec((2,))))) is None
+
+
+def test_errors_in_a_body_name_the_op_and_the_body():
+    graph, op, body, inner_op, inner = implicit_graph()
+    (tanh,) = [n for n, node in body.nodes() if node.op == "tanh"]
+    body.replace_node(tanh, type=TensorType((3,), "float32"))
+    message = rejects(graph, f"%{op} = fixed_point (test_verify.py:", "): body 'outer': ",
+                      f"%{tanh} = tanh (test_verify.py:", "declared type f32[3] but its operands give f64[3]")
+    assert message.startswith(f"%{op} = fixed_point")
+
+
+def test_errors_in_a_nested_body_name_every_level():
+    graph, op, body, inner_op, inner = implicit_graph()
+    inner.outputs = []
+    message = rejects(graph, "body 'outer': ", f"%{inner_op} = fixed_point", "body '<lambda>': ",
+                      "graph '<lambda>' has no outputs")
+    assert message.index("body 'outer'") < message.index("body '<lambda>'")
+    graph, op, body, inner_op, inner = implicit_graph()
+    inner.nx.add_node(99)
+    rejects(graph, "body 'outer'", "body '<lambda>'", "%99: node carries no op")
+
+
+def test_a_broken_body_is_reported_before_its_op_rule_runs():
+    graph, op, body, *_ = implicit_graph()
+    body.outputs = [12345]  # the op's shape rule would choke on this body
+    rejects(graph, f"%{op} = fixed_point", "body 'outer'", "graph output %12345 is not defined")
+
+
+def test_a_body_may_not_contain_itself():
+    graph, op, body, inner_op, inner = implicit_graph()
+    body.replace_node(inner_op, attrs={**body.node(inner_op).attrs, "body": body})
+    rejects(graph, f"%{inner_op} = fixed_point", "a body may not contain itself: 'outer' -> 'outer'")
+    graph, op, body, inner_op, inner = implicit_graph()
+    inner.add_node("fixed_point", inner.inputs, {"body": body, "tol": 0.1, "max_iter": 2})
+    rejects(graph, "a body may not contain itself: 'outer' -> '<lambda>' -> 'outer'")
+    graph, op, body, *_ = implicit_graph()
+    body.add_node("fixed_point", body.inputs[:1], {"body": graph, "tol": 0.1, "max_iter": 2})
+    rejects(graph, "a body may not contain itself: '<lambda>' -> 'outer' -> '<lambda>'")
+
+
+def test_a_shared_body_is_verified_once(monkeypatch):
+    import compiler.ir.verify as verify_module
+
+    graph, op, body, *_ = implicit_graph()
+    for _ in range(3):
+        graph.add_node("fixed_point", (op, graph.inputs[0]), graph.node(op).attrs)
+    calls = []
+    real = verify_module._verify
+    monkeypatch.setattr(verify_module, "_verify", lambda g, *rest: (calls.append(g.name), real(g, *rest))[1])
+    verify(graph)
+    assert sorted(calls) == ["<lambda>", "<lambda>", "outer"]  # the graph itself, outer once, its body once
