@@ -6,6 +6,9 @@ gets w[o, c, i, j] * (the shifted, strided input plane). The valid output rows a
 columns of a tap (those reading a real, not padding, pixel) are computed with integer
 arithmetic, so the inner loop has no bounds checks: it runs along an output row
 (contiguous) and an input row (stride `stride[1]`), and vectorizes for stride 1.
+When the kernel is larger than the output plane (the weight gradient's correlation of
+images with output gradients), the order flips: each output element is a dot product
+over channels and valid taps, accumulated in a register.
 (An im2col + matmul formulation is later performance work.)
 
 Max pools walk each window's real pixels (the clamped window; padding is -inf and never
@@ -65,6 +68,8 @@ def _emit_conv2d(ctx: KernelCtx) -> None:
     out = ctx.out
     if out.layout.size == 0:
         return
+    if out.shape[2] * out.shape[3] < w.shape[2] * w.shape[3]:
+        return _emit_conv2d_by_output(ctx)
     b = ctx.b
     sc = ctx.scalar()
     a = ctx.attrs
@@ -99,6 +104,43 @@ def _emit_conv2d(ctx: KernelCtx) -> None:
                     oi = b.add(out_row, wo)
                     product = b.fmul(weight, ctx.load(x, xi), flags=flags)
                     ctx.store(out, oi, b.fadd(ctx.load(out, oi), product, flags=flags))
+
+
+def _emit_conv2d_by_output(ctx: KernelCtx) -> None:
+    """Output-stationary order, for kernels larger than the output plane (weight gradients):
+    each output is one dot product over channels and the taps that hit real pixels."""
+    x, w = ctx.ins
+    out = ctx.out
+    b = ctx.b
+    sc = ctx.scalar()
+    a = ctx.attrs
+    (sh, sw), (ph, pw), (dh, dw), groups = a["stride"], a["padding"], a["dilation"], a["groups"]
+    _, _, height, width = x.shape
+    o_count, cg, kh, kw = w.shape
+    n_images, _, ho_count, wo_count = out.shape
+    og = o_count // groups
+    flags = ("reassoc", "contract")
+    with for_range(b, n_images, "n") as n, for_range(b, o_count, "o") as o, \
+            for_range(b, ho_count, "ho") as ho, for_range(b, wo_count, "wo") as wo:
+        acc = ctx.local(sc.type, sc.const(0.0), "acc")
+        top = b.sub(b.mul(ho, const(sh)), const(ph))
+        left = b.sub(b.mul(wo, const(sw)), const(pw))
+        row0, rows = valid_range(b, top, dh, height, kh)  # taps i reading a real row top + i*dh
+        col0, cols = valid_range(b, left, dw, width, kw)
+        group = (b.udiv(o, const(og)) if og > 1 else o) if groups > 1 else const(0)
+        if cg:
+            with for_range(b, cg, "c") as c, for_range(b, rows, "r") as r:
+                i = b.add(row0, r)
+                channel = b.add(b.mul(group, const(cg)), c) if groups > 1 else c
+                x_row = b.add(_at(b, x.strides, n, channel), b.mul(b.add(top, b.mul(i, const(dh))), const(x.strides[2])))
+                w_row = _at(b, w.strides, o, c, i)
+                with for_range(b, cols, "q") as q:
+                    j = b.add(col0, q)
+                    xi = b.add(x_row, b.mul(b.add(left, b.mul(j, const(dw))), const(x.strides[3])))
+                    wi = b.add(w_row, b.mul(j, const(w.strides[3])))
+                    product = b.fmul(ctx.load(x, xi), ctx.load(w, wi), flags=flags)
+                    b.store(b.fadd(b.load(acc, typ=sc.type), product, flags=flags), acc)
+        ctx.store(out, _at(b, out.strides, n, o, ho, wo), b.load(acc, typ=sc.type))
 
 
 register(Lowering("conv2d", emit=_emit_conv2d))

@@ -15,7 +15,7 @@ Entry ABI (shared with compiled fixed_point bodies):
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ from llvmlite import ir
 from compiler.codegen import memplan
 from compiler.codegen.loops import I8, I32, Layout, const
 from compiler.codegen.lower import LOWERINGS, KernelCtx, Lowering, Operand, constant_bytes
-from compiler.codegen.scalar import ITEMSIZE, LLVM_TYPES
+from compiler.codegen.scalar import LLVM_TYPES
 from compiler.errors import PullbackError
 from compiler.ir.graph import Graph
 
@@ -346,4 +346,4 @@ def _at(loc: str | None) -> str:
     return f" at {loc}" if loc else ""
 
 
-__all__ = ["ModuleBuilder", "GraphEmitter", "CodegenError", "STATUS", "ITEMSIZE"]
+__all__ = ["ModuleBuilder", "GraphEmitter", "CodegenError", "STATUS"]

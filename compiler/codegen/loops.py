@@ -88,7 +88,6 @@ def for_range(b: ir.IRBuilder, count: int | ir.Value, name: str = "i") -> Iterat
         guard = None
     else:
         n = count
-        guard_block = b.block
         guard = b.icmp_signed(">", n, const(0))
     pre = b.block
     header = b.append_basic_block(f"{name}.loop")
@@ -111,7 +110,6 @@ def for_range(b: ir.IRBuilder, count: int | ir.Value, name: str = "i") -> Iterat
     if guard is not None:
         b.branch(skip)
         b.position_at_end(skip)
-        del guard_block
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ import numpy as np
 from llvmlite import ir
 
 from compiler.codegen.loops import I64, Layout, const, contiguous_strides, nest
-from compiler.codegen.scalar import ITEMSIZE, LLVM_TYPES, SCALAR_OPS, Scalar
+from compiler.codegen.scalar import LLVM_TYPES, SCALAR_OPS, Scalar
 
 
 @dataclass(frozen=True)
@@ -229,10 +229,6 @@ def constant_bytes(op: str, attrs: dict, dtype: str) -> tuple[bytes, bool]:
 register(Lowering("full", source=True))
 register(Lowering("constant", source=True))
 register(Lowering("input", source=True))
-
-
-def itemsize(dtype: str) -> int:
-    return ITEMSIZE[dtype]
 
 
 def normalize_index(ctx: KernelCtx, raw: ir.Value, n: int) -> ir.Value:

@@ -32,7 +32,7 @@ from typing import Callable
 
 from llvmlite import ir
 
-from compiler.codegen.loops import I1, I8
+from compiler.codegen.loops import I8
 
 LLVM_TYPES: dict[str, ir.Type] = {
     "float32": ir.FloatType(), "float64": ir.DoubleType(), "int32": ir.IntType(32), "int64": ir.IntType(64),
@@ -295,7 +295,3 @@ def convert(b: ir.IRBuilder, x: ir.Value, source: str, target: str) -> ir.Value:
         name = f"llvm.fptosi.sat.{_SUFFIX[target]}.{_SUFFIX[source]}"
         return b.call(function(b.module, name, to, [x.type]), [x])
     return b.sext(x, to) if to.width > x.type.width else b.trunc(x, to)
-
-
-def bit(b: ir.IRBuilder, value: bool) -> ir.Constant:
-    return ir.Constant(I1, int(value))

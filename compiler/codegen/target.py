@@ -13,7 +13,7 @@ import functools
 import threading
 from typing import Any
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # LLVM's global context and a TargetMachine are not thread-safe
 
 
 @functools.cache
@@ -56,10 +56,11 @@ def check_opt_level(opt_level: Any) -> int:
 def parse(ir_text: str, opt_level: int) -> Any:
     """Parse and verify LLVM IR text into a module bound to the host target."""
     binding = llvm()
-    module = binding.parse_assembly(ir_text)
-    module.triple = host()["triple"]
-    module.data_layout = str(target_machine(opt_level).target_data)
-    module.verify()
+    with _lock:
+        module = binding.parse_assembly(ir_text)
+        module.triple = host()["triple"]
+        module.data_layout = str(target_machine(opt_level).target_data)
+        module.verify()
     return module
 
 
@@ -72,13 +73,14 @@ def optimize(module: Any, opt_level: int) -> Any:
     tuning.loop_vectorization = opt_level >= 2
     tuning.slp_vectorization = opt_level >= 2
     tuning.loop_unrolling = True
-    builder = binding.create_pass_builder(target_machine(opt_level), tuning)
-    builder.getModulePassManager().run(module, builder)
+    with _lock:
+        builder = binding.create_pass_builder(target_machine(opt_level), tuning)
+        builder.getModulePassManager().run(module, builder)
     return module
 
 
 def emit_object(module: Any, opt_level: int) -> bytes:
-    with _lock:  # a TargetMachine is not safe to use from two threads at once
+    with _lock:
         return target_machine(opt_level).emit_object(module)
 
 

@@ -147,3 +147,27 @@ def test_saved_artifact_loads_and_runs(tmp_path):
     np.testing.assert_array_equal(loaded(x), kernel(x))
     assert loaded.manifest["extra"]["workspace_planner"] == "liveness first-fit"
     assert os.path.getsize(tmp_path / "k.pullback") == len(kernel.to_bytes())
+
+
+def test_concurrent_processes_share_the_cache(cache_dir):
+    import subprocess
+    import textwrap
+
+    script = textwrap.dedent("""
+        import numpy as np, compiler
+        from compiler import ops
+        from compiler.codegen import compile
+        g = compiler.trace(lambda x: ops.tanh(x) @ x.T, np.zeros((8, 8), np.float32), name="shared")
+        k = compile(g)
+        x = np.eye(8, dtype=np.float32)
+        assert np.allclose(k(x), np.tanh(x) @ x.T)
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PULLBACK_CACHE_DIR=str(cache_dir), PYTHONPATH=root)
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, cwd=root, stderr=subprocess.PIPE)
+             for _ in range(3)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    assert len(entries(cache_dir)) == 1
+    assert not [p for p in cache_dir.iterdir() if not p.name.endswith(".pullback")]

@@ -318,7 +318,8 @@ def test_every_opt_level_is_correct(opt_level):
 
 
 def test_llvm_ir_and_assembly_text():
-    graph = compiler.trace(lambda x, y: ops.exp(x) * y, normal((64,), "float32"), normal((64,), "float32", 1), name="ew")
+    x, y = normal((64,), "float32"), normal((64,), "float32", 1)
+    graph = compiler.trace(lambda x, y: ops.exp(x) * y, x, y, name="ew")
     text = llvm_ir(graph, 2)
     assert "define" in text and "pullback_ew" in text and ("llvm.exp" in text or "expf" in text)
     assert "x float>" in text  # the loop is vectorized
@@ -348,3 +349,83 @@ def test_compiled_training_step_matches_the_interpreter():
         np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-6)
     for _ in range(3):  # repeated calls: same results (the workspace is reused, contents undefined)
         np.testing.assert_array_equal(leaves(kernel(params, x, y))[0], leaves(actual)[0])
+
+
+def test_long_graphs_are_split_into_chunk_functions(monkeypatch):
+    from compiler.codegen import emit
+    from compiler.ops.implicit import fixed_point
+
+    monkeypatch.setattr(emit, "CHUNK", 3)
+
+    def f(x, y):
+        for _ in range(4):
+            x = ops.tanh(x) * y + 0.5
+        z = fixed_point(lambda z, x: 0.5 * z + x, ops.zeros_like(x), x, tol=1e-12, max_iter=200)
+        return z, x * 2.0, y
+
+    kernel = check(f, normal((4,)), normal((4,), seed=1))
+    assert "part1" in llvm_ir(compiler.trace(f, normal((4,)), normal((4,), seed=1)), 0)
+
+    def failing(x):
+        x = ops.exp(x) + ops.sin(x) * 2.0 - 1.0
+        return fixed_point(lambda z, x: z + x, x, x, tol=0.0, max_iter=2) * 3.0
+
+    with pytest.raises(runtime.KernelError, match="error code 1"):
+        compile_graph(compiler.trace(failing, normal((3,))), opt_level=0, cache=False)(normal((3,)))
+    del kernel
+
+
+def test_empty_and_zero_dimensional_tensors():
+    def f(e, s, m):
+        return (ops.exp(e) + 1.0, e @ m, ops.sum(e, axis=0), ops.transpose(e, (1, 0)) * 2.0, s * s + 1.0,
+                ops.sum(s), ops.softmax(e, axis=1), ops.concatenate([e, e], axis=0), ops.reshape(s, (1, 1)))
+
+    check(f, np.zeros((0, 3)), np.array(2.5), normal((3, 2)))
+
+
+def test_odd_names_and_graphs_without_inputs():
+    from compiler.ir.graph import Graph, building
+
+    kernel = check(lambda x: x * 2.0, np.ones(3), name="we'ird na-me é")
+    assert kernel.manifest["symbol"].startswith("pullback_we_ird")
+    graph = Graph("constants only")
+    graph.in_tree = ()
+    with building(graph):
+        c, f = ops.constant(np.arange(4.0)), ops.full((2,), 1.5, "float64")
+    graph.set_outputs([c.id, f.id])
+    a, b = compile_graph(graph, cache=False)()
+    np.testing.assert_array_equal(a, np.arange(4.0))
+    np.testing.assert_array_equal(b, [1.5, 1.5])
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_conv2d_both_loop_orders(groups):
+    """Small kernels loop over taps outside; kernels larger than the output plane (weight
+    gradients) compute each output as one dot product. Both with strides, padding, dilation."""
+    from compiler.ops import conv
+
+    def f(x, small, large):
+        return (conv.conv2d(x, small, stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=groups),
+                conv.conv2d(x, large, stride=(1, 2), padding=(2, 1), dilation=(2, 1), groups=groups),
+                conv.max_pool2d(x, 3, stride=2, padding=1))
+
+    x = normal((2, 4, 9, 8))
+    check(f, x, normal((4, 4 // groups, 3, 2), seed=1), normal((8, 4 // groups, 6, 5), seed=2), tol=REDUCTION["float64"])
+
+
+def test_max_pool_ties_nan_and_inf_follow_the_reference():
+    from compiler.ops import conv
+
+    x = np.array([[[[1.0, 1.0, 0.0, -np.inf],
+                    [0.0, np.nan, np.nan, -np.inf],
+                    [2.0, 2.0, 2.0, 2.0],
+                    [-np.inf, -np.inf, 3.0, np.nan]]]])
+    g = normal((1, 1, 5, 5))
+    attrs = dict(kernel=(2, 2), stride=(1, 1), padding=(1, 1))
+
+    def f(x, g, v):
+        return (apply("max_pool2d", x, **attrs), apply("max_pool2d_grad", x, g, **attrs),
+                apply("max_pool2d_select", x, v, **attrs))
+
+    check(f, x, g, normal((1, 1, 4, 4), seed=3))
+    del conv
