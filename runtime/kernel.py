@@ -83,6 +83,8 @@ class Kernel:
         self._blob = blob
         self.sha256 = sha256
         self._label = f"kernel {manifest['name']!r}"
+        codes = manifest.get("extra", {}).get("status_codes", {})
+        self._status_meanings = {str(k): str(v) for k, v in codes.items()} if isinstance(codes, dict) else {}
         self._native = NativeCode(code, manifest["symbol"], label)
         self._entry = self._native.entry
 
@@ -170,7 +172,9 @@ class Kernel:
         finally:
             self._lock.release()
         if status != 0:
-            raise KernelError(f"{self._label}: native code returned error code {status}")
+            meaning = self._status_meanings.get(str(status))
+            detail = f": {meaning}" if meaning else ""
+            raise KernelError(f"{self._label}: native code returned error code {status}{detail}")
         return self._build_outputs(outputs)
 
     def _flatten(self, args: tuple) -> list:

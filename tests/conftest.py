@@ -1,4 +1,4 @@
-"""Codegen tests compile into a private cache folder, never the user's."""
+"""Every test compiles into a private cache folder, never the user's (subprocesses inherit it)."""
 import os
 
 import pytest
