@@ -1,0 +1,641 @@
+"""Float matrix products specialized to their static shapes, dtypes and operand layouts.
+
+The structure is GotoBLAS/BLIS's, written out for one problem at compile time:
+
+    for each K block (KC deep):                  C = first block, C += the others
+      for each N block (NC wide):
+        pack B[K block, N block] into scratch as NR-wide slivers (when it pays)
+        for each MR-row tile of A:               A's sliver (MR x KC) stays in L1
+          for each NR-column sliver of B:        the block of B (KC x NC) stays in L2
+            micro-kernel: C[MR x NR] (+)= A[MR x KC] @ B[KC x NR]
+
+The micro-kernel keeps the MR x NR tile of C in MR * NV vector registers (NR = NV
+vectors of the host width, e.g. <16 x float> with AVX-512) for the whole k loop,
+innermost: per k it loads NV vectors of B and, per row, broadcasts one element of A
+and issues NV llvm.fma calls. Broadcasts are scalar loads, so A is read in place
+whatever its strides (a transposed view included) and is never packed. B is packed
+when its rows are not contiguous (a transposed view such as the backward's g @ W^T:
+VL x VL tiles are transposed in registers with shuffles, so no separate copy) or when
+M is large enough (TUNING["pack_b_min_m"]) that a contiguous, zero-padded copy pays;
+otherwise the micro-kernel reads B's rows in place (measured faster for M <= 64).
+
+Edges: the last row tile is a micro-kernel with fewer rows; the last column sliver
+uses fewer vectors, the last of them the narrowest power of two that holds the
+remaining columns (8 + 2 doubles, not 8 + 8), masked where needed (masked loads and
+stores, or zero-padded packed B). Every variant is its own internal function, emitted
+once per module. MR and NV come from the register count: MR * NV accumulators + NV
+vectors of B + a broadcast fit in the registers, with MR preferably dividing M and NV
+raised for few rows (enough independent FMA chains to hide the FMA latency).
+
+Vector results (M = 1 or N = 1) are computed in whichever orientation of C = A @ B or
+C^T = B^T @ A^T suits the layouts; N = 1 with contiguous rows of A and a contiguous
+column B (x @ w) becomes dot products: vector partial sums along k, then a fixed
+shuffle tree.
+
+Batch axes: when B is shared by every batch element and A's batch and row axes merge,
+the batch is folded into M (one bigger product); otherwise a loop over the batch calls
+the 2-D product. Integer products keep the plain loop nest in kernels.py.
+
+Rounding: each output is a chain of fused multiply-adds over k (K blocks chained
+through C; dot products: VL * NV interleaved chains then the tree), an ordering of the
+same sum numpy's BLAS computes; NaN and Inf propagate (no fast-math flags). Zero
+padding only feeds lanes that are never stored.
+
+PULLBACK_NAIVE_MATMUL=1 in the environment selects the old loop nest (for before/after
+measurements). The compile cache does not see the variable: use PULLBACK_NO_CACHE=1 (or
+compile(..., cache=False)) when switching it.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+from llvmlite import ir
+
+from compiler.codegen import target
+from compiler.codegen.loops import I32, I64, Layout, const, for_range, nest, simplify
+from compiler.codegen.lower import KernelCtx
+from compiler.codegen.scalar import ITEMSIZE, LLVM_TYPES
+
+PTR = ir.PointerType()
+I1 = ir.IntType(1)
+NAIVE_ENV = "PULLBACK_NAIVE_MATMUL"
+FLOAT = ("float32", "float64")
+
+# Cache budgets (bytes): A's sliver should sit in L1 next to the B vectors streaming
+# through; the block of B in (half of) a typical L2.
+L1_SLIVER = 16 * 1024
+L2_BLOCK = 512 * 1024
+
+
+def naive() -> bool:
+    """PULLBACK_NAIVE_MATMUL=1 selects the plain loop nest (before/after measurements)."""
+    return os.environ.get(NAIVE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def supported(dtype: str) -> bool:
+    return dtype in FLOAT and not naive()
+
+
+@functools.cache
+def simd() -> tuple[int, int]:
+    """(bytes per vector register, number of vector registers) of the host target."""
+    host = target.host()
+    features = {f[1:] for f in host["features"].split(",") if f.startswith("+")}
+    if host["triple"].startswith(("x86_64", "i686", "i386")):
+        if "avx512f" in features:
+            return 64, 32
+        if "avx" in features:
+            return 32, 16
+        return 16, 16
+    if host["triple"].startswith(("aarch64", "arm64")):
+        return 16, 32
+    return 16, 16
+
+
+# ---------------------------------------------------------------- the problem and its plan
+@dataclass(frozen=True)
+class Problem:
+    """One 2-D product C[m, n] = A[m, k] @ B[k, n]; strides in elements, C row-major."""
+
+    dtype: str
+    m: int
+    k: int
+    n: int
+    a_rs: int  # A[i, p] at i * a_rs + p * a_cs
+    a_cs: int
+    b_rs: int  # B[p, j] at p * b_rs + j * b_cs
+    b_cs: int
+    ldc: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    vl: int  # lanes per vector
+    mr: int  # rows per micro-tile
+    nv: int  # vectors per micro-tile row: NR = nv * vl
+    kc: int  # K block depth
+    nc: int  # N block width (a multiple of NR)
+    pack_b: bool
+    gemv: bool = False  # N = 1 with contiguous rows of A and column of B: dot products
+
+    @property
+    def nr(self) -> int:
+        return self.nv * self.vl
+
+
+# Tunables (tests and benchmarks may override them)
+TUNING = {"nv": 2, "mr_cap": 12, "pack_b_min_m": 128}
+GEMV_ROWS, GEMV_VECTORS = 4, 2  # dot products: rows per tile, vectors per row and k step
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def gemv_shaped(p: Problem) -> bool:
+    return p.n == 1 and p.a_cs == 1 and p.b_rs == 1 and p.k >= simd()[0] // ITEMSIZE[p.dtype]
+
+
+def plan(p: Problem) -> Plan:
+    vbytes, regs = simd()
+    size = ITEMSIZE[p.dtype]
+    vl = vbytes // size
+    if gemv_shaped(p):
+        return Plan(vl, min(GEMV_ROWS, p.m), GEMV_VECTORS, p.k, 1, False, gemv=True)
+    nv_max = _ceil(p.n, vl)
+    nv = max(1, min(TUNING["nv"], nv_max))
+    if p.m < 8:  # few rows: more vectors per row, so that enough FMA chains hide the latency
+        nv = max(nv, min(nv_max, _ceil(16, p.m), 8, (regs - 1) // (p.m + 1)))
+    mr_max = max(1, min(TUNING["mr_cap"], (regs - nv - 1) // nv, p.m))
+    # one row-tile size if some mr >= mr_max / 2 divides M (one micro-kernel less), else balanced tiles
+    divisors = [d for d in range(mr_max, (mr_max - 1) // 2, -1) if p.m % d == 0]
+    mr = divisors[0] if divisors else _ceil(p.m, _ceil(p.m, mr_max))
+    kc_max = max(1, L1_SLIVER // (mr * size))
+    kc = _ceil(p.k, _ceil(p.k, kc_max)) if p.k else 0
+    nr = nv * vl
+    nc_max = max(nr, L2_BLOCK // (max(kc, 1) * size) // nr * nr)
+    nc = _ceil(_ceil(p.n, _ceil(p.n, nc_max)), nr) * nr
+    pack_b = (p.n > 1 and p.b_cs != 1) or (p.m >= TUNING["pack_b_min_m"] and p.n > nr)
+    return Plan(vl, mr, nv, kc, min(nc, _ceil(p.n, nr) * nr), pack_b)
+
+
+@dataclass(frozen=True)
+class Batched:
+    """The op: `problem` once per point of `batch` (element offsets by the strides)."""
+
+    problem: Problem
+    batch: tuple[int, ...]
+    out_strides: tuple[int, ...]
+    a_strides: tuple[int, ...]
+    b_strides: tuple[int, ...]
+    swapped: bool = False  # the problem computes C^T = B^T @ A^T (A is the op's b operand)
+
+
+def _broadcast(layout: Layout, shape: Sequence[int]) -> tuple[int, ...]:
+    lead = len(shape) - len(layout.shape)
+    return (0,) * lead + tuple(0 if d == 1 and n != 1 else s
+                               for d, s, n in zip(layout.shape, layout.strides, shape[lead:]))
+
+
+def describe(a: Layout, b: Layout, out_shape: Sequence[int], dtype: str) -> Batched:
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    batch = tuple(out_shape[:-2])
+    out_bs = tuple(Layout.contiguous(out_shape).strides[:-2])
+    a_bs, b_bs = _broadcast(Layout(a.shape[:-2], a.strides[:-2]), batch), \
+        _broadcast(Layout(b.shape[:-2], b.strides[:-2]), batch)
+    a_rs, a_cs = a.strides[-2], a.strides[-1]
+    b_rs, b_cs = b.strides[-2], b.strides[-1]
+    if m == 1:
+        a_rs = k  # any value: the row stride of a one-row A is never used
+    if n == 1:
+        b_cs = 1
+    if k == 1:
+        a_cs, b_rs = 1, n
+    spec = Batched(Problem(dtype, m, k, n, a_rs, a_cs, b_rs, b_cs, n), batch, out_bs, a_bs, b_bs)
+    if batch and all(s == 0 for s in b_bs):
+        # B shared by the whole batch: fold the batch into M when A's rows then have one stride
+        dims, (strides,) = simplify(batch + (m,), [a_bs + (a_rs,)])
+        if len(dims) <= 1:
+            rows = m
+            for d in batch:
+                rows *= d
+            folded = Problem(dtype, rows, k, n, strides[0] if dims else a_rs, a_cs, b_rs, b_cs, n)
+            spec = Batched(folded, (), (), (), ())
+    p = spec.problem
+    if p.m == 1 or p.n == 1:
+        # a vector result is also C^T = B^T @ A^T: take the orientation with the better kernel
+        q = Problem(dtype, p.n, p.k, p.m, p.b_cs, p.b_rs, p.a_cs, 1 if p.m == 1 else p.a_rs, 1 if p.m == 1 else p.m)
+        if _orientation_score(q) > _orientation_score(p):
+            return Batched(q, spec.batch, spec.out_strides, spec.b_strides, spec.a_strides, swapped=True)
+    return spec
+
+
+def _orientation_score(p: Problem) -> int:
+    if gemv_shaped(p):
+        return 2
+    return 1 if p.n > 1 and p.b_cs == 1 else 0
+
+
+def scratch_bytes(a: Layout, b: Layout, out_shape: Sequence[int], dtype: str) -> int:
+    """Bytes of workspace the product needs (packed B), 0 if none."""
+    if not supported(dtype) or 0 in out_shape or a.shape[-1] == 0:
+        return 0
+    p = describe(a, b, out_shape, dtype).problem
+    pl = plan(p)
+    return pl.kc * pl.nc * ITEMSIZE[dtype] if pl.pack_b else 0
+
+
+# ---------------------------------------------------------------- code generation
+@contextlib.contextmanager
+def _loop(b: ir.IRBuilder, count: int, name: str) -> Iterator[ir.Value]:
+    """count > 0 iterations; no loop at all for one."""
+    if count == 1:
+        yield const(0)
+    else:
+        with for_range(b, count, name=name) as i:
+            yield i
+
+
+def _lin(b: ir.IRBuilder, base: int, *terms: tuple) -> ir.Value:
+    """base + sum(index * scale) over (index, scale) terms as an i64, constants folded."""
+    total, parts = base, []
+    for index, scale in terms:
+        if scale == 0:
+            continue
+        if isinstance(index, int):
+            total += index * scale
+        elif isinstance(index, ir.Constant):
+            total += index.constant * scale
+        else:
+            parts.append(index if scale == 1 else b.mul(index, const(scale), flags=("nsw",)))
+    if not parts:
+        return const(total)
+    value = parts[0]
+    for part in parts[1:]:
+        value = b.add(value, part, flags=("nsw",))
+    return b.add(value, const(total), flags=("nsw",)) if total else value
+
+
+def _indices(values: Sequence[int]) -> ir.Constant:
+    """A shufflevector mask."""
+    return ir.Constant(ir.VectorType(I32, len(values)), [ir.Constant(I32, v) for v in values])
+
+
+def _k_loop(b: ir.IRBuilder, trips: int, acc: list, step: Callable) -> list:
+    """acc = step(acc, k) for k in 0..trips-1; acc (lists of vectors) lives in phis, i.e.
+    registers, through the loop. LLVM may unroll it."""
+    if trips <= 1:
+        return step(acc, 0) if trips else acc
+    fn = b.function
+    pre = b.block
+    body = fn.append_basic_block("k.loop")
+    b.branch(body)
+    b.position_at_end(body)
+    k = b.phi(I64, name="k")
+    k.add_incoming(const(0), pre)
+    phis = [[b.phi(v.type) for v in row] for row in acc]
+    cur = step(phis, k)
+    k_next = b.add(k, const(1), flags=("nuw", "nsw"))
+    latch = b.block
+    for phi_row, init_row, cur_row in zip(phis, acc, cur):
+        for phi, init, value in zip(phi_row, init_row, cur_row):
+            phi.add_incoming(init, pre)
+            phi.add_incoming(value, latch)
+    k.add_incoming(k_next, latch)
+    done = fn.append_basic_block("k.end")
+    b.cbranch(b.icmp_signed("<", k_next, const(trips)), body, done)
+    b.position_at_end(done)
+    return cur
+
+
+class Generator:
+    """Emits the product's functions into one module (each variant once, by name)."""
+
+    def __init__(self, module: ir.Module, p: Problem, pl: Plan) -> None:
+        self.module, self.p, self.pl = module, p, pl
+        self.t = LLVM_TYPES[p.dtype]
+        self.size = ITEMSIZE[p.dtype]
+        self.suffix = f"v{pl.vl}{'f32' if p.dtype == 'float32' else 'f64'}"
+
+    # ---- small helpers
+    def _declare(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+        existing = self.module.globals.get(name)
+        if existing is not None:
+            return existing
+        return ir.Function(self.module, ir.FunctionType(ret, args), name=name)
+
+    def _function(self, name: str, nargs: int) -> tuple[ir.Function, bool]:
+        existing = self.module.globals.get(name)
+        if existing is not None:
+            return existing, False
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * nargs), name=name)
+        fn.linkage = "internal"
+        fn.attributes.add("nounwind")
+        for arg in fn.args:
+            arg.add_attribute("noalias")
+        return fn, True
+
+    def gep(self, b: ir.IRBuilder, ptr: ir.Value, offset: ir.Value | int) -> ir.Value:
+        if isinstance(offset, int):
+            offset = const(offset)
+        if isinstance(offset, ir.Constant) and offset.constant == 0:
+            return ptr
+        return b.gep(ptr, [offset], inbounds=True, source_etype=self.t)
+
+    def vtype(self, w: int) -> ir.VectorType:
+        return ir.VectorType(self.t, w)
+
+    def zeros(self, w: int) -> ir.Constant:
+        return ir.Constant(self.vtype(w), None)
+
+    def _suffix(self, w: int) -> str:
+        return f"v{w}{'f32' if self.p.dtype == 'float32' else 'f64'}"
+
+    def _mask(self, lanes: int, w: int) -> ir.Constant:
+        return ir.Constant(ir.VectorType(I1, w), [ir.Constant(I1, int(i < lanes)) for i in range(w)])
+
+    def vload(self, b: ir.IRBuilder, ptr: ir.Value, lanes: int, w: int | None = None) -> ir.Value:
+        """A <w x T> vector from ptr, lanes past `lanes` zero (masked, never read)."""
+        w = w or self.pl.vl
+        vt = self.vtype(w)
+        if lanes >= w:
+            return b.load(ptr, typ=vt, align=self.size)
+        if lanes <= 0:
+            return self.zeros(w)
+        mask = self._mask(lanes, w)
+        fn = self._declare(f"llvm.masked.load.{self._suffix(w)}.p0", vt, [PTR, I32, mask.type, vt])
+        return b.call(fn, [ptr, ir.Constant(I32, self.size), mask, self.zeros(w)])
+
+    def vstore(self, b: ir.IRBuilder, value: ir.Value, ptr: ir.Value, lanes: int) -> None:
+        """The first `lanes` lanes of value to ptr."""
+        w = value.type.count
+        if lanes >= w:
+            b.store(value, ptr, align=self.size)
+        elif lanes > 0:
+            mask = self._mask(lanes, w)
+            fn = self._declare(f"llvm.masked.store.{self._suffix(w)}.p0", ir.VoidType(),
+                               [value.type, PTR, I32, mask.type])
+            b.call(fn, [value, ptr, ir.Constant(I32, self.size), mask])
+
+    def splat(self, b: ir.IRBuilder, x: ir.Value, w: int) -> ir.Value:
+        undef = ir.Constant(self.vtype(w), ir.Undefined)
+        v = b.insert_element(undef, x, ir.Constant(I32, 0))
+        return b.shuffle_vector(v, undef, _indices([0] * w))
+
+    def fma(self, b: ir.IRBuilder, x: ir.Value, y: ir.Value, z: ir.Value) -> ir.Value:
+        w = x.type.count
+        return b.call(self._declare(f"llvm.fma.{self._suffix(w)}", x.type, [x.type] * 3), [x, y, z])
+
+    def _vectors(self, width: int) -> list[tuple[int, int]]:
+        """(valid lanes, vector width) of the vectors covering `width` columns: full vectors,
+        then the smallest power of two holding the rest (on a CPU whose FMA units are narrower
+        than its registers, 8 + 2 columns cost 1.5 full-width FMAs instead of 2)."""
+        vl, out = self.pl.vl, []
+        while width > 0:
+            lanes = min(vl, width)
+            w = 1
+            while w < lanes:
+                w *= 2
+            out.append((lanes, min(w, vl)))
+            width -= lanes
+        return out
+
+    # ---- the micro-kernel
+    def ukernel(self, mr: int, width: int, kc: int, accumulate: bool) -> ir.Function:
+        """C[mr, width] (+)= A[mr, kc] @ B[kc, width]: args (a, b, c) at the tile's corner."""
+        p, pl = self.p, self.pl
+        vectors = self._vectors(width)
+        nv = len(vectors)
+        b_ks = pl.nr if pl.pack_b else p.b_rs
+        name = (f"mm.uk.{self.suffix}.{mr}x{width}.k{kc}.a{p.a_rs}_{p.a_cs}.b{b_ks}{'p' if pl.pack_b else ''}"
+                f".c{p.ldc}{'.acc' if accumulate else ''}")
+        fn, new = self._function(name, 3)
+        if not new:
+            return fn
+        fn.attributes.add("noinline")
+        a, bp, c = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        widths = [w for _, w in vectors]
+        lanes = [n for n, _ in vectors]
+        b_lanes = widths if pl.pack_b else lanes  # packed slivers are zero-padded to NR
+        c_ptrs = [[self.gep(b, c, i * p.ldc + v * pl.vl) for v in range(nv)] for i in range(mr)]
+        acc = [[self.vload(b, c_ptrs[i][v], lanes[v], widths[v]) if accumulate else self.zeros(widths[v])
+                for v in range(nv)] for i in range(mr)]
+
+        def step(acc: list, k: ir.Value | int) -> list:
+            b_row = self.gep(b, bp, _lin(b, 0, (k, b_ks)))
+            a_col = self.gep(b, a, _lin(b, 0, (k, p.a_cs)))
+            bvec = [self.vload(b, self.gep(b, b_row, v * pl.vl), b_lanes[v], widths[v]) for v in range(nv)]
+            out = []
+            for i in range(mr):
+                x = b.load(self.gep(b, a_col, i * p.a_rs), typ=self.t, align=self.size)
+                splats = {w: self.splat(b, x, w) for w in sorted(set(widths))}
+                out.append([self.fma(b, splats[widths[v]], bvec[v], acc[i][v]) for v in range(nv)])
+            return out
+
+        acc = _k_loop(b, kc, acc, step)
+        for i in range(mr):
+            for v in range(nv):
+                self.vstore(b, acc[i][v], c_ptrs[i][v], lanes[v])
+        b.ret_void()
+        return fn
+
+    # ---- packing B
+    def _pack(self, b: ir.IRBuilder, src: ir.Value, dst: ir.Value, kc: int, nc: int) -> None:
+        """B[kc, nc] at src -> dst as ceil(nc / NR) slivers [kc][NR], zero-padded."""
+        p, pl = self.p, self.pl
+        nr = pl.nr
+        full, rem = divmod(nc, nr)
+        if p.b_rs == 1 and p.b_cs != 1 and pl.vl > 1:
+            self._pack_transposed(b, src, dst, kc, nc)
+            return
+        # rows (or general strides): a strided copy LLVM vectorizes when rows are contiguous
+        if full:
+            with nest(b, (full, kc, nr), [(kc * nr, nr, 1), (nr * p.b_cs, p.b_rs, p.b_cs)]) as (d, s):
+                b.store(b.load(self.gep(b, src, s), typ=self.t), self.gep(b, dst, d))
+        if rem:
+            base = full * kc * nr
+            with nest(b, (kc, nr - rem), [(nr, 1)], bases=[base + rem]) as (d,):
+                b.store(ir.Constant(self.t, 0.0), self.gep(b, dst, d))
+            with nest(b, (kc, rem), [(nr, 1), (p.b_rs, p.b_cs)], bases=[base, full * nr * p.b_cs]) as (d, s):
+                b.store(b.load(self.gep(b, src, s), typ=self.t), self.gep(b, dst, d))
+
+    def _pack_transposed(self, b: ir.IRBuilder, src: ir.Value, dst: ir.Value, kc: int, nc: int) -> None:
+        """B's columns are contiguous (B = W^T): VL x VL tiles transposed in registers."""
+        p, pl = self.p, self.pl
+        vl, nr, ld = pl.vl, pl.nr, p.b_cs
+        full, rem = divmod(nc, nr)
+        k_tiles, k_rem = divmod(kc, vl)
+        align = self.size
+
+        def sliver(s: ir.Value, width: int) -> None:
+            s_src = self.gep(b, src, _lin(b, 0, (s, nr * ld)))
+            s_dst = self.gep(b, dst, _lin(b, 0, (s, kc * nr)))
+            for v in range(pl.nv):
+                rows = max(0, min(vl, width - v * vl))
+
+                def tile(t: ir.Value | int, depth: int) -> None:
+                    t_src = self.gep(b, s_src, _lin(b, v * vl * ld, (t, vl)))
+                    t_dst = self.gep(b, s_dst, _lin(b, v * vl, (t, vl * nr)))
+                    vecs = [self.vload(b, self.gep(b, t_src, r * ld), depth) if r < rows else self.zeros(vl)
+                            for r in range(vl)]
+                    for q, vec in enumerate(self._transpose(b, vecs)[:depth]):
+                        b.store(vec, self.gep(b, t_dst, q * nr), align=align)
+
+                if k_tiles:
+                    with _loop(b, k_tiles, "t") as t:
+                        tile(t, vl)
+                if k_rem:
+                    tile(k_tiles, k_rem)
+
+        if full:
+            with _loop(b, full, "s") as s:
+                sliver(s, nr)
+        if rem:
+            sliver(const(full), rem)
+
+    def _transpose(self, b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+        """rows[r][c] -> out[c][r] for a VL x VL tile: log2(VL) rounds of pairwise interleaving."""
+        n = len(rows)
+        h = n // 2
+        lo = _indices([(i // 2) + (n if i % 2 else 0) for i in range(n)])
+        hi = _indices([h + (i // 2) + (n if i % 2 else 0) for i in range(n)])
+        while n > 1:
+            new = []
+            for i in range(h):
+                new.append(b.shuffle_vector(rows[i], rows[i + h], lo))
+                new.append(b.shuffle_vector(rows[i], rows[i + h], hi))
+            rows = new
+            n //= 2
+        return rows
+
+    # ---- dot products (N = 1)
+    def gemv(self) -> ir.Function:
+        """C[i] = A[i, :] . B[:, 0], A's rows and B contiguous: args (a, b, c, scratch)."""
+        p, pl = self.p, self.pl
+        name = f"mm.gemv.{self.suffix}.{p.m}x{p.k}.a{p.a_rs}.c{p.ldc}"
+        fn, new = self._function(name, 4)
+        if not new:
+            return fn
+        a, bv, c, _ = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        full, rem = divmod(p.m, pl.mr)
+        for base, rows, count in ([(0, pl.mr, full)] if full else []) + ([(full * pl.mr, rem, 1)] if rem else []):
+            kernel = self._dots(rows)
+            with _loop(b, count, "ir") as i:
+                b.call(kernel, [self.gep(b, a, _lin(b, base * p.a_rs, (i, pl.mr * p.a_rs))), bv,
+                                self.gep(b, c, _lin(b, base * p.ldc, (i, pl.mr * p.ldc)))])
+        b.ret_void()
+        return fn
+
+    def _dots(self, rows: int) -> ir.Function:
+        """`rows` dot products of length K: vector partial sums, then a fixed shuffle tree."""
+        p, pl = self.p, self.pl
+        vl, nv = pl.vl, pl.nv
+        name = f"mm.dot.{self.suffix}.{rows}x{p.k}.a{p.a_rs}.c{p.ldc}"
+        fn, new = self._function(name, 3)
+        if not new:
+            return fn
+        fn.attributes.add("noinline")
+        a, bv, c = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+        def step(acc: list, k: ir.Value | int, lanes: Sequence[int] = (vl,) * nv) -> list:
+            k0 = _lin(b, 0, (k, nv * vl))
+            bvec = [self.vload(b, self.gep(b, bv, _lin(b, u * vl, (k0, 1))), lanes[u]) for u in range(nv)]
+            return [[self.fma(b, self.vload(b, self.gep(b, a, _lin(b, r * p.a_rs + u * vl, (k0, 1))), lanes[u]),
+                              bvec[u], acc[r][u]) if lanes[u] > 0 else acc[r][u] for u in range(nv)]
+                    for r in range(rows)]
+
+        trips, rem = divmod(p.k, nv * vl)
+        acc = _k_loop(b, trips, [[self.zeros(vl)] * nv for _ in range(rows)], step)
+        if rem:
+            acc = step(acc, trips, [max(0, min(vl, rem - u * vl)) for u in range(nv)])
+        for r in range(rows):
+            total = acc[r][0]
+            for part in acc[r][1:]:
+                total = b.fadd(total, part)
+            w = vl
+            while w > 1:  # halve: lanes [0, w/2) + lanes [w/2, w)
+                w //= 2
+                lo = b.shuffle_vector(total, total, _indices(range(w)))
+                hi = b.shuffle_vector(total, total, _indices(range(w, 2 * w)))
+                total = b.fadd(lo, hi)
+            b.store(b.extract_element(total, ir.Constant(I32, 0)), self.gep(b, c, r * p.ldc), align=self.size)
+        b.ret_void()
+        return fn
+
+    # ---- the 2-D product
+    def gemm(self) -> ir.Function:
+        """The whole 2-D product: args (a, b, c, scratch)."""
+        p, pl = self.p, self.pl
+        name = (f"mm.gemm.{self.suffix}.{p.m}x{p.k}x{p.n}.a{p.a_rs}_{p.a_cs}.b{p.b_rs}_{p.b_cs}.c{p.ldc}"
+                f".{pl.mr}x{pl.nv}.kc{pl.kc}.nc{pl.nc}{'.p' if pl.pack_b else ''}")
+        fn, new = self._function(name, 4)
+        if not new:
+            return fn
+        a, bm, c, scratch = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        kc, nc = pl.kc, pl.nc
+        nk, k_last = divmod(p.k, kc)
+        k_groups = [(0, kc, 1, False)] if nk else []
+        if nk > 1:
+            k_groups.append((kc, kc, nk - 1, True))
+        if k_last:
+            k_groups.append((nk * kc, k_last, 1, bool(nk)))
+        nn, n_last = divmod(p.n, nc)
+        n_groups = [(0, nc, nn)] if nn else []
+        if n_last:
+            n_groups.append((nn * nc, n_last, 1))
+        for k_base, depth, k_count, accumulate in k_groups:
+            with _loop(b, k_count, "pc") as pc:
+                k0 = _lin(b, k_base, (pc, kc))
+                for n_base, width, n_count in n_groups:
+                    with _loop(b, n_count, "jc") as jc:
+                        j0 = _lin(b, n_base, (jc, nc))
+                        b_src = self.gep(b, bm, _lin(b, 0, (k0, p.b_rs), (j0, p.b_cs)))
+                        if pl.pack_b:
+                            self._pack(b, b_src, scratch, depth, width)
+                            b_panel = scratch
+                        else:
+                            b_panel = b_src
+                        a_panel = self.gep(b, a, _lin(b, 0, (k0, p.a_cs)))
+                        c_panel = self.gep(b, c, j0)
+                        self._tiles(b, a_panel, b_panel, c_panel, depth, width, accumulate)
+        b.ret_void()
+        return fn
+
+    def _tiles(self, b: ir.IRBuilder, a: ir.Value, bp: ir.Value, c: ir.Value, kc: int, nc: int,
+               accumulate: bool) -> None:
+        p, pl = self.p, self.pl
+        mr, nr = pl.mr, pl.nr
+        m_full, m_rem = divmod(p.m, mr)
+        n_full, n_rem = divmod(nc, nr)
+        row_groups = [(0, mr, m_full)] if m_full else []
+        if m_rem:
+            row_groups.append((m_full * mr, m_rem, 1))
+        col_groups = [(0, nr, n_full)] if n_full else []
+        if n_rem:
+            col_groups.append((n_full * nr, n_rem, 1))
+        sliver = kc * nr if pl.pack_b else nr * p.b_cs
+        for m_base, rows, m_count in row_groups:
+            with _loop(b, m_count, "ir") as i:
+                a_tile = self.gep(b, a, _lin(b, m_base * p.a_rs, (i, mr * p.a_rs)))
+                c_row = self.gep(b, c, _lin(b, m_base * p.ldc, (i, mr * p.ldc)))
+                for n_base, width, n_count in col_groups:
+                    kernel = self.ukernel(rows, width, kc, accumulate)
+                    with _loop(b, n_count, "jr") as j:
+                        s = n_base // nr
+                        b.call(kernel, [a_tile, self.gep(b, bp, _lin(b, s * sliver, (j, sliver))),
+                                        self.gep(b, c_row, _lin(b, s * nr, (j, nr)))])
+
+
+def emit(ctx: KernelCtx) -> None:
+    """The matmul kernel body for a float dtype (supported(dtype) is true)."""
+    a, bm = ctx.ins
+    out = ctx.out
+    if out.layout.size == 0:
+        return
+    spec = describe(a.layout, bm.layout, out.shape, out.dtype)
+    p = spec.problem
+    if p.k == 0:
+        ctx.fill(out, ir.Constant(LLVM_TYPES[out.dtype], 0.0))
+        return
+    pl = plan(p)
+    gen = Generator(ctx.b.module, p, pl)
+    fn = gen.gemv() if pl.gemv else gen.gemm()
+    scratch = ctx.scratch if ctx.scratch is not None else ir.Constant(PTR, None)
+    if spec.swapped:
+        a, bm = bm, a
+    if not spec.batch:
+        ctx.b.call(fn, [a.ptr, bm.ptr, out.ptr, scratch])
+        return
+    with nest(ctx.b, spec.batch, [spec.out_strides, spec.a_strides, spec.b_strides]) as (o, ao, bo):
+        ctx.b.call(fn, [ctx.address(a, ao), ctx.address(bm, bo), ctx.address(out, o), scratch])
+
+
+__all__ = ["emit", "scratch_bytes", "supported", "naive", "plan", "describe", "Problem", "Plan", "TUNING"]
