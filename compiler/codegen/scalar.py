@@ -15,15 +15,20 @@ numpy's do. Details:
   (numpy's result there is platform-defined; a plain fptosi would be poison).
 
 Transcendentals:
-- exp, log, sqrt, sin, cos, fabs, pow: LLVM intrinsics (llvm.exp ...). LLVM folds and
-  simplifies them (sqrt becomes an instruction) and lowers the rest to libm calls (expf,
-  exp, ...), correctly rounded to within 1 ulp. Vectorized (SIMD) versions need a vector
-  math library and are later performance work.
-- tanh, log1p: no LLVM intrinsic exists, so libm's tanhf/tanh and log1pf/log1p: accurate
-  over the whole range (exp-based formulas lose precision near 0 and overflow for large |x|).
-- sigmoid: the stable formula of the reference (compiler/ops/elementwise.py): with
-  e = exp(-|x|), 1/(1+e) for x >= 0 and e/(1+e) otherwise, so exp never overflows and both
-  tails are accurate; NaN propagates.
+- exp, log, log1p, tanh, sigmoid on float32/float64: inline branch-free expansions
+  (compiler/codegen/vecmath.py: range reduction, a polynomial, 2^n by bit manipulation,
+  selects for special values), within 2 ulp of the exact result. Unlike a libm call
+  they vectorize, so elementwise loops over them become SIMD loops. `Scalar.intrinsic`
+  routes "exp" and "log" there too, so reduction kernels (softmax, logsumexp) get them.
+  PULLBACK_LIBM=1 in the environment selects the old path below instead (for
+  comparison; the compile cache key does not include it, so use cache=False with it).
+- sqrt, sin, cos, fabs, pow: LLVM intrinsics (llvm.sqrt ...). sqrt becomes an instruction;
+  the rest lower to libm calls (sinf, sin, ...), correctly rounded to within 1 ulp.
+- the old path: exp and log are LLVM intrinsics lowered to libm calls; tanh and log1p have
+  no intrinsic, so libm's tanhf/tanh and log1pf/log1p; sigmoid is the stable formula of the
+  reference (compiler/ops/elementwise.py): with e = exp(-|x|), 1/(1+e) for x >= 0 and
+  e/(1+e) otherwise, so exp never overflows and both tails are accurate; NaN propagates.
+  vecmath's sigmoid is the same formula on its exp.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from typing import Callable
 
 from llvmlite import ir
 
+from compiler.codegen import vecmath
 from compiler.codegen.loops import I8
 
 LLVM_TYPES: dict[str, ir.Type] = {
@@ -84,6 +90,8 @@ class Scalar:
 
     def intrinsic(self, name: str, *args: ir.Value, dtype: str | None = None) -> ir.Value:
         dtype = dtype or self.dtype
+        if name in ("exp", "log") and is_float(dtype) and vecmath.enabled():
+            return vecmath.FUNCTIONS[name](self.b, dtype, *args)  # inline, so callers' loops vectorize
         t = LLVM_TYPES[dtype]
         fn = function(self.module, f"llvm.{name}.{_SUFFIX[dtype]}", t, [t] * len(args))
         return self.b.call(fn, list(args))
@@ -143,20 +151,32 @@ def _neg(sc: Scalar, x: ir.Value) -> ir.Value:
     return sc.b.fneg(x) if is_float(sc.dtype) else sc.b.sub(sc.const(0), x)
 
 
-for _name in ("exp", "log", "sqrt", "sin", "cos"):
+for _name in ("sqrt", "sin", "cos"):
     scalar(_name)(lambda sc, x, _n=_name: sc.intrinsic(_n, x))
-for _name in LIBM:
-    scalar(_name)(lambda sc, x, _n=_name: sc.libm(_n, x))
 
 
-@scalar("sigmoid")
-def _sigmoid(sc: Scalar, x: ir.Value) -> ir.Value:
+def _transcendental(name: str, old: Rule) -> Rule:
+    def rule(sc: Scalar, x: ir.Value) -> ir.Value:
+        if is_float(sc.dtype) and vecmath.enabled():
+            return vecmath.FUNCTIONS[name](sc.b, sc.dtype, x)
+        return old(sc, x)
+
+    return rule
+
+
+def _libm_sigmoid(sc: Scalar, x: ir.Value) -> ir.Value:
     b = sc.b
     e = sc.intrinsic("exp", b.fneg(sc.intrinsic("fabs", x)))
     denominator = b.fadd(sc.const(1.0), e)
     positive = b.fdiv(sc.const(1.0), denominator)
     negative = b.fdiv(e, denominator)
     return b.select(b.fcmp_ordered(">=", x, sc.const(0.0)), positive, negative)
+
+
+for _name, _old in [("exp", lambda sc, x: sc.intrinsic("exp", x)), ("log", lambda sc, x: sc.intrinsic("log", x)),
+                    ("tanh", lambda sc, x: sc.libm("tanh", x)), ("log1p", lambda sc, x: sc.libm("log1p", x)),
+                    ("sigmoid", _libm_sigmoid)]:
+    scalar(_name)(_transcendental(_name, _old))
 
 
 @scalar("relu")
