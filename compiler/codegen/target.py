@@ -43,7 +43,10 @@ def target_machine(opt_level: int) -> Any:
     with _lock:
         return binding.Target.from_triple(target["triple"]).create_target_machine(
             cpu=target["cpu"], features=target["features"], opt=min(opt_level, 3),
-            reloc="pic", codemodel="default",
+            # The large code model: objects are linked in memory by RuntimeDyld, which may
+            # place sections (and libm) more than 2 GiB apart when big libraries are loaded
+            # (seen with torch + jax), and small-model 32-bit relocations then abort.
+            reloc="pic", codemodel="large",
         )
 
 

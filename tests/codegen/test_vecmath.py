@@ -138,7 +138,8 @@ def test_tanh_and_log1p_are_relatively_accurate_near_zero():
         assert rel.max() <= 2 * 2.0 ** -24, op
 
 
-LIBM_CALL = re.compile(r"\bcall\w*\s+\*?(expf?|logf?|log1pf?|tanhf?)(@PLT)?\s*$", re.M)
+# A direct call (small code model) or the address load before an indirect one (large model).
+LIBM_CALL = re.compile(r"(?:\bcall\w*\s+\*?|\bmovabsq\s+\$)(expf?|logf?|log1pf?|tanhf?)(@PLT|@GOT)?\b", re.M)
 PACKED_MATH = re.compile(r"\b(v?(fmadd\w*|mul|add|sub)p[sd])\s.*%[xyz]mm", re.M)
 
 
