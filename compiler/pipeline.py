@@ -2,7 +2,9 @@
 
     0: nothing
     1: dce, fold, simplify, cse, dce
-    2: level 1, then accumulate (add trees -> add_n), then fold, simplify, cse, dce again
+    2: level 1, then accumulate (add trees -> add_n), then fold, simplify, cse, dce again,
+       then fuse (elementwise chains and the reductions they feed -> `fusion` ops), last:
+       it hides its members from every other pass
 
 `optimize` works on a copy: the caller's graph is never changed.
 """
@@ -20,6 +22,7 @@ from compiler.passes import (
     Pass,
     PassManager,
 )
+from compiler.passes.fuse import Fuse
 from compiler.passes.manager import gc_paused
 
 dce = DeadCodeElimination()
@@ -27,13 +30,15 @@ fold = ConstantFolding()
 simplify = AlgebraicSimplification()
 cse = CommonSubexpressionElimination()
 accumulate = Accumulate()
+fuse = Fuse()
 
 PIPELINES: dict[int, list[Pass]] = {
     0: [],
     1: [dce, fold, simplify, cse, dce],
     2: [dce, fold, simplify, cse, dce,
         accumulate,
-        fold, simplify, cse, dce],
+        fold, simplify, cse, dce,
+        fuse],
 }
 
 

@@ -28,7 +28,8 @@ class Build:
     symbol: str
     ir_text: str
     workspace_bytes: int
-    kernels: int
+    kernels: int  # distinct kernel functions
+    kernel_calls: int = 0  # kernels the entry function calls (loops over memory), output copies included
     timings: dict = field(default_factory=dict)
 
 
@@ -56,7 +57,8 @@ def build(graph: Graph, opt_level: int) -> Build:
     text = str(module_builder.module)
     done = time.perf_counter()
     kernels = sum(1 for f in module_builder.module.functions if f.name.startswith("k."))
-    return Build(optimized, symbol, text, emitter.workspace_bytes, kernels,
+    calls = len(emitter.steps) + len(emitter.copies)
+    return Build(optimized, symbol, text, emitter.workspace_bytes, kernels, calls,
                  {"graph_passes": passes - start, "emit_ir": done - passes})
 
 
@@ -105,7 +107,8 @@ def _manifest(graph: Graph, result: Build, opt_level: int, key: str | None) -> d
         workspace_bytes=result.workspace_bytes, compiler_version=compiler.__version__, target=target.host(),
         extra={
             "opt_level": opt_level, "cache_key": key or "", "kernels": result.kernels,
-            "workspace_planner": "liveness first-fit",
+            "kernel_calls": result.kernel_calls,
+            "workspace_planner": "liveness best-fit",
             "status_codes": {str(code): text for code, text in STATUS.items()},
             "timings": {k: round(v, 6) for k, v in result.timings.items()},
         },

@@ -13,7 +13,9 @@ A rule is one of two kinds:
 
 Elementwise ops share one kernel: a loop nest over the result shape whose body is the
 op's scalar expression (scalar.SCALAR_OPS), with numpy broadcasting done by strides
-(size-1 or missing axes read with stride 0).
+(size-1 or missing axes read with stride 0). A `fusion` op (a group of elementwise ops,
+optionally ending in a reduction) is one such loop whose body evaluates every member's
+scalar expression in registers (compiler/codegen/fused.py).
 """
 from __future__ import annotations
 
@@ -156,6 +158,15 @@ def _register_elementwise() -> None:
 
 
 _register_elementwise()
+
+
+def _emit_fusion(ctx: KernelCtx) -> None:
+    from compiler.codegen.fused import emit_fusion  # fused.py builds on this module
+
+    emit_fusion(ctx)
+
+
+register(Lowering("fusion", emit=_emit_fusion))  # one loop for a group of ops: compiler/codegen/fused.py
 
 # ---------------------------------------------------------------- views
 register(Lowering("stop_gradient", emit=emit_elementwise, view=lambda attrs, ls, ts, t: ls[0]))

@@ -14,3 +14,4 @@ from compiler.ops.accumulate import *  # noqa: F401,F403
 from compiler.ops.implicit import *  # noqa: F401,F403
 from compiler.ops.conv import *  # noqa: F401,F403
 from compiler.ops.gather import *  # noqa: F401,F403
+from compiler.ops import fusion as _fusion  # noqa: F401 - registers `fusion` (made by the fuse pass, not user code)

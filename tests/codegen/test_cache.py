@@ -145,7 +145,7 @@ def test_saved_artifact_loads_and_runs(tmp_path):
     loaded = runtime.load(tmp_path / "k.pullback")
     x = np.linspace(0, 1, 5, dtype=np.float32)
     np.testing.assert_array_equal(loaded(x), kernel(x))
-    assert loaded.manifest["extra"]["workspace_planner"] == "liveness first-fit"
+    assert loaded.manifest["extra"]["workspace_planner"] == "liveness best-fit"
     assert os.path.getsize(tmp_path / "k.pullback") == len(kernel.to_bytes())
 
 
