@@ -11,6 +11,7 @@ from compiler.passes.cse import CommonSubexpressionElimination  # noqa: F401
 from compiler.passes.fold import ConstantFolding  # noqa: F401
 from compiler.passes.simplify import AlgebraicSimplification  # noqa: F401
 from compiler.passes.accumulate import Accumulate  # noqa: F401
+from compiler.passes.fuse import Fuse  # noqa: F401
 
 ALL_PASSES = {p.name: p for p in (DeadCodeElimination, CommonSubexpressionElimination, ConstantFolding,
-                                  AlgebraicSimplification, Accumulate)}
+                                  AlgebraicSimplification, Accumulate, Fuse)}
