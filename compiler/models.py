@@ -30,10 +30,13 @@ convention and returns a `Model`; `Model.trace()` gives the forward Graph.
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib.util
 import inspect
+import io
 import itertools
 import os
+import stat
 import sys
 import traceback
 from collections import Counter
@@ -80,8 +83,8 @@ class Model:
             raise ModelError(f"{self.path}: an IR file has no specs()")
         try:
             result = self.specs()
-        except Exception as exc:  # noqa: BLE001 - user code: report it as one line
-            raise _user_error(self.path, "specs()", exc) from exc
+        except BaseException as exc:  # noqa: BLE001 - user code, SystemExit too: report it as one line
+            raise _user_error(self.path, "specs()", _interruption(exc)) from exc
         if isinstance(result, list):
             result = tuple(result)
         if not isinstance(result, tuple) or not result:
@@ -101,8 +104,8 @@ class Model:
         self._check_arity(len(specs))
         try:
             graph = trace(self.loss, *specs, name=self.name)
-        except Exception as exc:  # noqa: BLE001 - user code runs inside trace
-            raise _user_error(self.path, "tracing loss", exc) from exc
+        except BaseException as exc:  # noqa: BLE001 - user code runs inside trace
+            raise _user_error(self.path, "tracing loss", _interruption(exc)) from exc
         if graph.out_tree is not LEAF:
             raise ModelError(f"{self.path}: loss must return one scalar tensor, got a pytree of {len(graph.outputs)}")
         out_type = graph.type(graph.outputs[0])
@@ -150,8 +153,8 @@ class Model:
     def _call(self, what: str, fn: Callable, *args: Any) -> Any:
         try:
             return fn(*args)
-        except Exception as exc:  # noqa: BLE001
-            raise _user_error(self.path, f"{what}()", exc) from exc
+        except BaseException as exc:  # noqa: BLE001
+            raise _user_error(self.path, f"{what}()", _interruption(exc)) from exc
 
 
 def random_like(spec_tree: Any, rng: np.random.Generator, scale: float = 1.0) -> Any:
@@ -175,16 +178,32 @@ def random_like(spec_tree: Any, rng: np.random.Generator, scale: float = 1.0) ->
 
 
 # ---------------------------------------------------------------------- loading
+_SNIFF_BYTES = 1 << 20  # how much of a file is read to tell IR text from Python
+
+
 def is_ir_text(path: str) -> bool:
-    """True when the first non-blank, non-comment line starts with 'graph '."""
+    """True when the first non-blank, non-comment line starts with 'graph ' (within the
+    first 1000 lines and 1 MiB). Anything but a regular file is not IR text, and is never
+    opened in a way that could block (a FIFO) or read without end (/dev/zero)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            for line in itertools.islice(handle, 1000):
-                stripped = line.strip()
-                if stripped and not stripped.startswith("#"):
-                    return stripped.startswith("graph ")
-    except (UnicodeDecodeError, OSError):
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            os.set_blocking(fd, True)
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                head = handle.read(_SNIFF_BYTES)
+        finally:
+            os.close(fd)
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a cut character is fine
+    except (UnicodeDecodeError, OSError, ValueError):
         return False
+    for line in itertools.islice(io.StringIO(text, newline=None), 1000):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            return stripped.startswith("graph ")
     return False
 
 
@@ -199,6 +218,12 @@ def load_model(path: str | os.PathLike) -> Model:
         raise ModelError(f"{path}: no such file")
     if os.path.isdir(path):
         raise ModelError(f"{path}: is a directory, expected a model file")
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not regular:  # a FIFO or device would block or never end when read
+        raise ModelError(f"{path}: not a regular file, expected a model file")
     name = _model_name(path)
     if is_ir_text(path):
         return Model(name, path, None, None, graph=_parse_ir(path))
@@ -250,9 +275,7 @@ def _import_by_path(path: str, name: str) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except BaseException as exc:  # noqa: BLE001 - SystemExit from a script-style model too
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        raise _user_error(path, "", exc) from exc
+        raise _user_error(path, "", _interruption(exc)) from exc
     finally:
         sys.modules.pop(module_name, None)
         try:
@@ -260,6 +283,13 @@ def _import_by_path(path: str, name: str) -> ModuleType:
         except ValueError:
             pass
     return module
+
+
+def _interruption(exc: BaseException) -> BaseException:
+    """Re-raise Ctrl-C (the user stopping pullback, not the model failing); else return exc."""
+    if isinstance(exc, KeyboardInterrupt):
+        raise exc
+    return exc
 
 
 def _user_error(path: str, during: str, exc: BaseException) -> ModelError:
@@ -271,7 +301,13 @@ def _user_error(path: str, during: str, exc: BaseException) -> ModelError:
         message = f"{exc.msg} (line {exc.lineno})"
         where = path
     else:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        try:  # the model's own __str__ may raise (or return a non-str): still blame the model
+            text = str(exc).strip()
+        except BaseException as err:  # noqa: BLE001
+            if isinstance(err, KeyboardInterrupt):
+                raise
+            text = f"<unprintable {type(exc).__name__}>"
+        message = text.splitlines()[0] if text else ""
     kind = type(exc).__name__
     return ModelError(f"{where}: {during}{kind}: {message}" if message else f"{where}: {during}{kind}")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import struct
 from typing import Any
@@ -33,6 +34,8 @@ FORMAT_VERSION = 1
 HEADER = struct.Struct("<8sIIQQ")
 HASH_SIZE = 32
 DTYPES = ("float32", "float64", "int32", "int64", "bool")
+_ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
+MAX_TENSOR_BYTES = 2**62
 
 _FIELDS = {
     "format_version": int,
@@ -55,9 +58,12 @@ def encode_manifest(manifest: dict) -> bytes:
     """Canonical JSON (sorted keys, no whitespace) so equal manifests give equal files."""
     try:
         text = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ArtifactError(f"manifest is not JSON-serializable: {exc}") from None
-    return text.encode("utf-8")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate in a name: a str, but not Unicode text
+        raise ArtifactError(f"manifest is not valid Unicode: {exc}") from None
 
 
 def pack(manifest_bytes: bytes, code: bytes, version: int = FORMAT_VERSION, flags: int = 0) -> bytes:
@@ -66,12 +72,23 @@ def pack(manifest_bytes: bytes, code: bytes, version: int = FORMAT_VERSION, flag
     return body + hashlib.sha256(body).digest()
 
 
-def unpack(data: bytes, source: str, expected_sha256: str | None = None) -> tuple[dict, bytes, str]:
+def announced_size(head: bytes) -> int:
+    """The file size a header announces (what a reader needs at most); for bytes that are not
+    a well-formed header, the header size (enough for unpack to say what is wrong)."""
+    if len(head) < HEADER.size or head[: len(MAGIC)] != MAGIC:
+        return HEADER.size
+    _, _, _, manifest_len, code_len = HEADER.unpack_from(head)
+    return HEADER.size + manifest_len + code_len + HASH_SIZE
+
+
+def unpack(data: bytes, source: str, expected_sha256: str | None = None, size: int | None = None) -> tuple[dict, bytes, str]:
     """Check the container and return (manifest, object code, file sha256 hex).
 
+    `size` is the file's size when `data` holds only a prefix of it (a reader stops at the
+    size the header announces): the file is then refused as too long before `data` is used.
     Order matters: nothing is parsed before the bytes are known to be intact.
     """
-    size = len(data)
+    size = len(data) if size is None else size
     if size == 0:
         raise ArtifactError(f"{source}: file is empty, not a pullback artifact")
     if data[: len(MAGIC)] != MAGIC:
@@ -99,6 +116,8 @@ def unpack(data: bytes, source: str, expected_sha256: str | None = None) -> tupl
             f"{source}: corrupted artifact: {size} bytes, the header announces {expected_size} "
             f"({size - expected_size} unexpected trailing bytes)"
         )
+    if len(data) != size:  # a prefix was read, yet the sizes agree: the file changed meanwhile
+        raise ArtifactError(f"{source}: the artifact changed while it was read ({len(data)} of {size} bytes)")
     body_end = size - HASH_SIZE
     if hashlib.sha256(data[:body_end]).digest() != data[body_end:]:
         raise ArtifactError(f"{source}: corrupted artifact: SHA-256 of the contents does not match the stored hash")
@@ -181,6 +200,14 @@ def _check_tensor(entry: Any, what: str, with_kind: bool) -> None:
             raise ArtifactError(f"{what} ({entry['name']!r}): shape {entry['shape']} must hold non-negative ints")
     if entry["dtype"] not in DTYPES:
         raise ArtifactError(f"{what} ({entry['name']!r}): dtype {entry['dtype']!r} is not one of {', '.join(DTYPES)}")
+    # No process could allocate it, so every call would fail in numpy. Zero-length dimensions
+    # count as 1, as numpy counts them: an empty array's strides must be representable too.
+    span = math.prod(max(dim, 1) for dim in entry["shape"]) * _ITEMSIZE[entry["dtype"]]
+    if span > MAX_TENSOR_BYTES:
+        raise ArtifactError(
+            f"{what} ({entry['name']!r}): shape {entry['shape']} {entry['dtype']} spans {span} bytes, "
+            f"more than the 2**62 a tensor may have"
+        )
 
 
 def _check_tree(manifest: dict, key: str, expected_leaves: int, source: str) -> Any:

@@ -20,6 +20,7 @@ import copy
 import ctypes
 import hashlib
 import os
+import stat
 import sys
 import tempfile
 import threading
@@ -283,8 +284,9 @@ def _type_text(entry: dict) -> str:
 
 def load(path: str | os.PathLike, expected_sha256: str | None = None) -> Kernel:
     """Read, verify and load an artifact. Every check runs before native code is loaded."""
-    source, data = _read(path)
-    return loads(data, expected_sha256, source)
+    source, data, size = _read(path)
+    manifest, code, sha256 = artifact.unpack(data, source, expected_sha256, size=size)
+    return Kernel(manifest, code, data, sha256, source)
 
 
 def loads(data: bytes, expected_sha256: str | None = None, source: str = "<bytes>") -> Kernel:
@@ -295,14 +297,47 @@ def loads(data: bytes, expected_sha256: str | None = None, source: str = "<bytes
 
 def read_manifest(path: str | os.PathLike, expected_sha256: str | None = None) -> dict:
     """Verify an artifact file and return its manifest without loading native code."""
-    source, data = _read(path)
-    return artifact.unpack(data, source, expected_sha256)[0]
+    source, data, size = _read(path)
+    return artifact.unpack(data, source, expected_sha256, size=size)[0]
 
 
-def _read(path: str | os.PathLike) -> tuple[str, bytes]:
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(source: str, mode: int) -> ArtifactError:
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return ArtifactError(f"{source}: cannot read artifact: it is {kind}, not a regular file")
+
+
+def _read(path: str | os.PathLike) -> tuple[str, bytes, int]:
+    """(source, bytes, file size), reading no more than the header announces.
+
+    Only regular files are opened: a FIFO would block open() forever and /dev/zero would be
+    read until memory runs out. O_NONBLOCK guards the race where the path is swapped for a
+    FIFO between the stat and the open.
+    """
     source = os.fspath(path)
     try:
-        with open(source, "rb") as handle:
-            return source, handle.read()
+        mode = os.stat(source).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(source, mode)
+        fd = os.open(source, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise ArtifactError(f"cannot read artifact {source}: {exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_regular(source, info.st_mode)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            head = handle.read(artifact.HEADER.size)
+            want = min(info.st_size, artifact.announced_size(head))
+            data = head + handle.read(max(want - len(head), 0))
+    except OSError as exc:
+        raise ArtifactError(f"cannot read artifact {source}: {exc}") from exc
+    finally:
+        os.close(fd)
+    if len(data) != want:
+        raise ArtifactError(f"{source}: cannot read artifact: the file changed while it was read")
+    return source, data, info.st_size

@@ -115,9 +115,19 @@ def treedef_from_text(text: str) -> Any:
         ]
         literal = ast.literal_eval(tokenize.untokenize(tokens).strip())
     except (SyntaxError, ValueError, tokenize.TokenError) as exc:
-        raise TreeError(f"malformed tree {text!r}: {exc}") from None
-    _check_treedef(literal, text)
+        raise TreeError(f"malformed tree {_shown(text)}: {exc}") from None
+    except (RecursionError, MemoryError):  # CPython's parser gives up on e.g. 100,000 unary minus signs
+        raise TreeError(f"malformed tree {_shown(text)}: nested too deeply") from None
+    try:
+        _check_treedef(literal, text)
+    except RecursionError:
+        raise TreeError(f"malformed tree {_shown(text)}: nested too deeply") from None
     return literal
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    # hostile trees can be megabytes long: quote the start, not all of it
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _check_treedef(node: Any, text: str) -> None:
@@ -130,10 +140,10 @@ def _check_treedef(node: Any, text: str) -> None:
     if isinstance(node, dict):
         for key, child in node.items():
             if key is LEAF or isinstance(key, (list, dict, tuple)) or key is None:
-                raise TreeError(f"malformed tree {text!r}: dict keys must be strings or numbers, got {key!r}")
+                raise TreeError(f"malformed tree {_shown(text)}: dict keys must be strings or numbers, got {key!r}")
             _check_treedef(child, text)
         return
-    raise TreeError(f"malformed tree {text!r}: unexpected {node!r}")
+    raise TreeError(f"malformed tree {_shown(text)}: unexpected {node!r}")
 
 
 def _sorted_keys(mapping: dict) -> list:

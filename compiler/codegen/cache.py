@@ -11,7 +11,12 @@ named <key>.pullback, where key is the SHA-256 of:
   same graph traced from edited code still hits;
 - compiler.__version__ and a fingerprint of the compiler package's source files (so a
   changed compiler never returns stale code);
-- opt_level and the target (triple, cpu, features).
+- opt_level and the target (triple, cpu, features);
+- code-generation switches read from the environment (PULLBACK_NAIVE_MATMUL), which
+  change the object code for the same graph.
+
+Each entry records its key (manifest['extra']['cache_key']); load() returns an entry only
+when that matches, so a stale, copied or swapped file never stands in for another graph.
 
 Entries are written to a temp file in the cache folder then os.replace'd into place, so
 concurrent processes never see a partial file; an unreadable or corrupt entry is
@@ -90,10 +95,16 @@ def compiler_fingerprint() -> str:
     return digest.hexdigest()
 
 
+def _codegen_switches() -> str:
+    from compiler.codegen import matmul
+
+    return f"naive_matmul={int(matmul.naive())}"
+
+
 def cache_key(graph: Graph, opt_level: int, target: dict, version: str) -> str:
     text = "\n".join([
         "pullback-codegen-cache-v1", version, compiler_fingerprint(), f"O{opt_level}",
-        target["triple"], target["cpu"], target["features"], graph_digest(graph),
+        target["triple"], target["cpu"], target["features"], _codegen_switches(), graph_digest(graph),
     ])
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -102,21 +113,29 @@ def entry_path(key: str) -> pathlib.Path:
     return cache_dir() / f"{key}.pullback"
 
 
+def _key_of(kernel: Any) -> Any:
+    extra = kernel.manifest.get("extra")
+    return extra.get("cache_key") if isinstance(extra, dict) else None
+
+
 def load(key: str) -> Any | None:
-    """The cached Kernel for `key`, or None (missing, unreadable or corrupt)."""
+    """The cached Kernel for `key`, or None (missing, unreadable, corrupt, or built for another key)."""
     import runtime
 
     path = entry_path(key)
     if not path.is_file():
         return None
     try:
-        return runtime.load(path)
+        kernel = runtime.load(path)
     except (runtime.ArtifactError, OSError):
         return None
+    return kernel if _key_of(kernel) == key else None
 
 
 def store(key: str, kernel: Any) -> None:
     """Write the kernel's artifact atomically; a cache that cannot be written is skipped."""
+    if _key_of(kernel) != key:  # load() would never return it
+        return
     directory = cache_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ Entry ABI (shared with compiled fixed_point bodies):
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +90,9 @@ class ModuleBuilder:
     """One LLVM module: kernel functions (deduplicated), constants, compiled sub-graphs."""
 
     def __init__(self, name: str) -> None:
-        self.module = ir.Module(name=name)
+        # The module name is only a label, but llvmlite prints it unescaped into the IR text
+        # (`; ModuleID = "..."`), where a newline or NUL would break or truncate the module.
+        self.module = ir.Module(name=re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "graph")
         self._kernels: dict[Any, ir.Function] = {}
         self._globals: dict[tuple, ir.GlobalVariable] = {}
         self._bodies: dict[int, tuple[ir.Function, int, Graph]] = {}
@@ -174,7 +177,8 @@ class ModuleBuilder:
 
 
 def _clean(name: str) -> str:
-    return "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "graph"
+    # ASCII only: user text (graph names) never reaches an LLVM symbol unsanitized
+    return re.sub(r"[^A-Za-z0-9_]", "_", name) or "graph"
 
 
 class GraphEmitter:

@@ -302,7 +302,21 @@ def _string(quoted: str) -> str:
     node = _ast_parse(quoted).body
     if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
         raise ValueError(f"{quoted} is not a string literal")
+    _check_unicode(node.value)
     return node.value
+
+
+class _NotUnicode(ValueError):
+    pass
+
+
+def _check_unicode(text: str) -> None:
+    # A lone surrogate ("\ud800") is a Python str but not Unicode text: it cannot be written
+    # to an artifact manifest, a terminal or a file, so refuse it where it is read.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _NotUnicode("name is not valid Unicode (it holds a lone surrogate)") from None
 
 
 def _keyword(line: str) -> str:
@@ -310,15 +324,21 @@ def _keyword(line: str) -> str:
 
 
 def _graph_name(text: str, lineno: int) -> str:
-    if text[:1] in ("'", '"'):
-        try:
-            name = _string(text) if _STRING.fullmatch(text) else None
-        except (SyntaxError, ValueError):
-            name = None
-        if isinstance(name, str):
-            return name
-    elif text and len(text.split()) == 1:
-        return text
+    try:
+        if text[:1] in ("'", '"'):
+            try:
+                name = _string(text) if _STRING.fullmatch(text) else None
+            except _NotUnicode:
+                raise
+            except (SyntaxError, ValueError):
+                name = None
+            if isinstance(name, str):
+                return name
+        elif text and len(text.split()) == 1:
+            _check_unicode(text)
+            return text
+    except _NotUnicode as exc:
+        raise ParseError(f"line {lineno}: bad graph name {text!r}: {exc}") from None
     raise ParseError(f"line {lineno}: bad graph name {text!r}")
 
 
@@ -366,6 +386,8 @@ class _Scanner:
             quoted = self.match(_STRING, "a quoted value name")
             try:
                 return _string(quoted)
+            except _NotUnicode as exc:
+                self.parser.fail(f"bad quoted value name {quoted}: {exc}")
             except (SyntaxError, ValueError):
                 self.parser.fail(f"bad quoted value name {quoted}")
         found = NAME.match(self.text, self.pos)
@@ -416,6 +438,8 @@ class _Scanner:
                 self.parser.fail(f"bad quoted location {loc!r}")
             try:
                 loc = _string(loc)
+            except _NotUnicode:
+                self.parser.fail("bad quoted location: it is not valid Unicode (it holds a lone surrogate)")
             except (SyntaxError, ValueError):
                 self.parser.fail(f"bad quoted location {loc!r}")
             if not isinstance(loc, str):

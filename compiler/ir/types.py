@@ -1,6 +1,7 @@
 """Tensor types: a static shape and a dtype."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -14,6 +15,10 @@ INT_DTYPES = ("int32", "int64")
 
 _SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "bool"}
 _LONG = {short: long for long, short in _SHORT.items()}
+_ITEMSIZE = {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}
+# Sizes are computed with Python ints and bounded here so .size/.nbytes (and every offset the code
+# generator derives from them) fit int64; a bigger tensor could not be allocated anyway.
+MAX_NBYTES = 2**63 - 1
 _TYPE_TEXT = re.compile(r"^\s*(f32|f64|i32|i64|bool)\[\s*(\d+(?:\s*,\s*\d+)*)?\s*\]\s*$")
 
 
@@ -35,6 +40,16 @@ def canonical_dtype(dtype: object) -> str:
     return name
 
 
+def _check_nbytes(shape: tuple[int, ...], dtype: str) -> None:
+    count = math.prod(shape)
+    if count * _ITEMSIZE[dtype] > MAX_NBYTES:
+        raise ShapeError(f"shape {shape} has more than 2**63-1 bytes")
+    # An empty tensor still has strides (the product of the dimensions to the right of
+    # each): bound them too, so (0, 10**30) cannot overflow the code generator.
+    if count == 0 and math.prod(max(d, 1) for d in shape) * _ITEMSIZE[dtype] > MAX_NBYTES:
+        raise ShapeError(f"shape {shape} spans more than 2**63-1 bytes (its strides would overflow)")
+
+
 @dataclass(frozen=True)
 class TensorType:
     shape: tuple[int, ...]
@@ -42,6 +57,7 @@ class TensorType:
 
     def __post_init__(self) -> None:
         if type(self.shape) is tuple and self.dtype in _SHORT and all(type(d) is int and d >= 0 for d in self.shape):
+            _check_nbytes(self.shape, self.dtype)
             return  # the common case, already canonical
         if not isinstance(self.shape, tuple) or not all(
             isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in self.shape
@@ -49,6 +65,7 @@ class TensorType:
             raise ShapeError(f"shape must be a tuple of non-negative ints, got {self.shape!r}")
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
+        _check_nbytes(self.shape, self.dtype)
 
     @property
     def rank(self) -> int:
@@ -56,11 +73,11 @@ class TensorType:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
-        return self.size * np.dtype(self.dtype).itemsize
+        return self.size * _ITEMSIZE[self.dtype]
 
     @property
     def is_float(self) -> bool:

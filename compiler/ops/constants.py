@@ -28,7 +28,21 @@ def _infer_full(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> Tensor
     value = attrs["value"]
     if not isinstance(value, (bool, int, float)):
         raise ShapeError(f"value must be a Python bool, int or float, got {type(value).__name__}")
-    return TensorType(_shape_attr(attrs["shape"]), canonical_dtype(attrs["dtype"]))
+    dtype = canonical_dtype(attrs["dtype"])
+    _check_fits(value, dtype)
+    return TensorType(_shape_attr(attrs["shape"]), dtype)
+
+
+def _check_fits(value: Any, dtype: str) -> None:
+    # An integer fill that does not fit would wrap in native code but raise in numpy: the
+    # oracle and the compiler must never disagree, so refuse it where the op is built.
+    if dtype not in ("int32", "int64"):
+        return
+    if isinstance(value, float) and not value.is_integer():
+        raise ShapeError(f"value {value!r} is not an integer, so it does not fit {dtype}")
+    info = np.iinfo(dtype)
+    if not info.min <= int(value) <= info.max:
+        raise ShapeError(f"value {value!r} does not fit {dtype} (range {info.min}..{info.max})")
 
 
 def _infer_constant(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> TensorType:
@@ -59,6 +73,12 @@ def full(shape: Any, fill_value: Any, dtype: Any = None, *, graph: Graph | None 
     if dtype is None:
         dtype = "bool" if isinstance(fill_value, bool) else "int32" if isinstance(fill_value, int) else "float32"
     dtype = canonical_dtype(dtype)
+    if isinstance(fill_value, (int, np.integer)) and not isinstance(fill_value, (bool, np.bool_)):
+        _check_fits(int(fill_value), dtype)  # astype would wrap it silently
+    elif isinstance(fill_value, (float, np.floating)) and dtype in ("int32", "int64"):
+        if not np.isfinite(fill_value):
+            raise ShapeError(f"value {fill_value!r} does not fit {dtype}")
+        _check_fits(float(np.trunc(fill_value)), dtype)  # astype truncates toward zero
     value = np.asarray(fill_value).astype(dtype).item()
     return Tensor(graph, graph.add_node("full", (), {"shape": _shape_attr(shape), "dtype": dtype, "value": value}))
 

@@ -173,9 +173,26 @@ def _cast_vjp(g: Tensor, out: Tensor, xs: tuple, dtype: str) -> tuple:
     return (cast(g, source),) if source in FLOAT_DTYPES else (None,)
 
 
+def _cast_reference(x: np.ndarray, *, dtype: str) -> np.ndarray:
+    # numpy leaves float->int of NaN/Inf/out-of-range values platform-defined (INT_MIN on x86);
+    # native code uses llvm.fptosi.sat, and the oracle must agree with it exactly.
+    if np.asarray(x).dtype.kind != "f" or dtype not in ("int32", "int64"):
+        return x.astype(dtype)
+    info = np.iinfo(dtype)
+    bound = 2.0 ** (info.bits - 1)  # exact in float32/64, unlike float(info.max), which rounds up
+    hi, lo = x >= bound, x < -bound
+    out = np.asarray(np.where(np.isnan(x) | hi | lo, 0, x)).astype(dtype)
+    out[hi] = info.max
+    out[lo] = info.min
+    return out
+
+
 register(OpDef(
     "cast", arity=1, attrs=("dtype",), infer=_infer_cast,
-    reference=lambda x, *, dtype: x.astype(dtype), vjp=_cast_vjp, kind="elementwise",
+    reference=_cast_reference, vjp=_cast_vjp, kind="elementwise",
+    doc="Convert to `dtype`. float -> int truncates toward zero and saturates: NaN -> 0, values "
+        "beyond the int range -> its min or max (like llvm.fptosi.sat). int -> int wraps; "
+        "-> bool is `!= 0`.",
 ))
 register(OpDef(
     "stop_gradient", arity=1, attrs=(), infer=lambda types, attrs: types[0],

@@ -18,7 +18,6 @@ from typing import ClassVar
 
 import compiler.ops.accumulate  # noqa: F401 - registers add_n
 from compiler.ir.graph import Graph
-from compiler.passes._util import use_count
 from compiler.passes.manager import Pass
 
 SUMS = ("add", "add_n")
@@ -30,22 +29,43 @@ def _is_sum(graph: Graph, node_id: int) -> bool:
     return node.op in SUMS and all(graph.type(o) == node.type for o in node.operands)
 
 
-def _is_inner(graph: Graph, node_id: int, outputs: set[int]) -> bool:
-    """A sum read once, by a sum of the same type: it folds into its reader's tree."""
-    if node_id in outputs or use_count(graph, node_id) != 1 or not _is_sum(graph, node_id):
+def _single_reader(graph: Graph, node_id: int) -> int | None:
+    """The one node reading `node_id` through exactly one operand slot, else None.
+
+    O(1): use_count (networkx out_degree) walks every user, and a value shared by n adds
+    is visited n times, so counting there made the pass quadratic in fan-out.
+    """
+    users = graph.nx.succ[node_id]
+    if len(users) != 1:
+        return None
+    ((reader, slots),) = users.items()
+    return reader if len(slots) == 1 else None
+
+
+def _is_inner(graph: Graph, node_id: int, outputs: set[int], sums: set[int] | None = None) -> bool:
+    """A sum read once, by a sum of the same type: it folds into its reader's tree.
+
+    `sums` (the nodes for which _is_sum holds, computed once) keeps each test O(1)."""
+    if sums is not None:
+        if node_id not in sums or node_id in outputs:
+            return False
+        reader = _single_reader(graph, node_id)
+        return reader is not None and reader in sums
+    if not _is_sum(graph, node_id) or node_id in outputs:  # cheap tests first
         return False
-    (reader,) = graph.nx.successors(node_id)
-    return _is_sum(graph, reader)
+    reader = _single_reader(graph, node_id)
+    return reader is not None and _is_sum(graph, reader)
 
 
-def collect_tree(graph: Graph, root: int, outputs: set[int]) -> tuple[list[int], list[int]]:
+def collect_tree(graph: Graph, root: int, outputs: set[int],
+                 sums: set[int] | None = None) -> tuple[list[int], list[int]]:
     """(leaves left to right, inner sum nodes in visit order) of the tree under `root`."""
     leaves: list[int] = []
     inner: list[int] = []
     stack = list(reversed(graph.node(root).operands))
     while stack:
         value = stack.pop()
-        if _is_inner(graph, value, outputs):
+        if _is_inner(graph, value, outputs, sums):
             inner.append(value)
             stack.extend(reversed(graph.node(value).operands))
         else:
@@ -59,10 +79,13 @@ class Accumulate(Pass):
 
     def apply(self, graph: Graph) -> bool:
         outputs = set(graph.outputs)
-        roots = [n for n in list(graph.nx) if _is_sum(graph, n) and not _is_inner(graph, n, outputs)]
+        # Rewriting a tree keeps its root a sum of the same type and removes only its inner
+        # nodes (each in exactly one tree), so this set stays valid for every later root.
+        sums = {n for n in graph.nx if _is_sum(graph, n)}
+        roots = [n for n in list(graph.nx) if n in sums and not _is_inner(graph, n, outputs, sums)]
         changed = False
         for root in roots:
-            leaves, inner = collect_tree(graph, root, outputs)
+            leaves, inner = collect_tree(graph, root, outputs, sums)
             if not inner:
                 continue  # a lone binary add stays an add; an add_n has nothing to absorb
             graph.replace_node(root, op="add_n", operands=tuple(leaves))

@@ -10,7 +10,7 @@ import pytest
 
 import compiler
 import runtime
-from compiler import ParseError, PullbackError, Spec, ops
+from compiler import ParseError, PullbackError, ShapeError, Spec, ops
 from compiler.ir.types import TensorType
 from tests.reliability.crashproof import assert_not_crashed, guarded, run_python
 
@@ -258,21 +258,14 @@ def test_random_mutations_raise_only_parse_error():
 
 # ------------------------------------------------------------------- huge sizes
 # A dimension or element count beyond int64 cannot be allocated, indexed or even measured
-# (TensorType.size wraps or overflows); the text should be refused where it is read.
+# (an int64 size would wrap): TensorType refuses it, so the text is refused where it is read.
 HUGE_TYPES = [
     ("f32[99999999999999999999999999]", "a dimension beyond int64"),
     ("f32[4294967296,4294967296]", "2**64 elements: TensorType.size wraps to 0"),
     ("f32[4000000000,4000000000,4000000000]", "6.4e28 elements: size wraps negative"),
 ]
-SIZE_BUG = ("BUG: compiler/ir/types.py:TensorType.__post_init__ accepts shapes whose element count (times the "
-            "itemsize) exceeds int64, so .size/.nbytes wrap (np.prod(dtype=int64)) or raise builtins "
-            "OverflowError, and parse/trace/compile accept them (compile then fails with OverflowError or "
-            "builds a kernel for a 0-element tensor) — fix: in __post_init__ (the fast path too) compute "
-            "math.prod(shape) * itemsize in Python ints and raise ShapeError(f'shape {shape} has more than "
-            "2**63-1 bytes') when it exceeds np.iinfo(np.int64).max; make .size use math.prod")
 
 
-@pytest.mark.xfail(strict=True, reason=SIZE_BUG)
 @pytest.mark.parametrize("type_text, why", HUGE_TYPES, ids=[w for _, w in HUGE_TYPES])
 def test_types_beyond_int64_are_refused_with_the_line(type_text, why):
     rank = type_text.count(",") + 1
@@ -286,53 +279,61 @@ def test_types_beyond_int64_are_refused_with_the_line(type_text, why):
     assert_names_line(message, 4)
 
 
-@pytest.mark.xfail(strict=True, reason=SIZE_BUG)
 def test_tensor_type_size_never_wraps():
-    with pytest.raises(PullbackError):
+    with pytest.raises(ShapeError, match=r"more than 2\*\*63-1 bytes"):
         TensorType((2**32, 2**32), "float32")
+    with pytest.raises(ShapeError):
+        TensorType((np.int64(2**31), np.int64(2**31)), "f64")  # the slow (normalizing) path too
+    with pytest.raises(ShapeError):
+        TensorType((2**61,), "float32")  # 2**63 bytes: one past the limit
+    edge = TensorType((2**63 - 1,), "bool")  # exactly at the limit is a type (if not an allocation)
+    assert edge.size == 2**63 - 1 and edge.nbytes == 2**63 - 1
+    assert TensorType((0, 2**40), "float64").size == 0
+    with pytest.raises(ShapeError, match="strides would overflow"):
+        TensorType((0, 10**30), "float32")  # empty, but its strides cannot be represented
+    big = TensorType((2**20, 2**20, 2**20), "float32")
+    assert big.size == 2**60 and big.nbytes == 2**62 and type(big.size) is int
 
 
-@pytest.mark.xfail(strict=True, reason=SIZE_BUG)
 def test_spec_beyond_int64_is_a_shape_error():
-    with pytest.raises(PullbackError):
+    with pytest.raises(ShapeError):
         compiler.trace(lambda p: ops.sum(p), Spec((2**40, 2**40)))
 
 
-FULL_BUG = ("BUG: compiler/ops/constants.py:_infer_full does not check that `value` fits the dtype: "
-            "`full {dtype='int32', value=3000000000}` parses, the interpreter raises builtins OverflowError "
-            "and native code silently wraps to -1294967296 (oracle and compiler disagree) — fix: in "
-            "_infer_full, for int dtypes raise ShapeError(f'value {value} does not fit {dtype}') unless "
-            "np.iinfo(dtype).min <= value <= np.iinfo(dtype).max (and reject non-integral floats for ints)")
-
-
-@pytest.mark.xfail(strict=True, reason=FULL_BUG)
-@pytest.mark.parametrize("value", ["3000000000", "-2147483649", "99999999999999999999999999"])
+# A `full` value that does not fit its int dtype is refused where the op is built: numpy
+# raises on it and native code would wrap it, so oracle and compiler would disagree.
+@pytest.mark.parametrize("value", ["3000000000", "-2147483649", "99999999999999999999999999", "2.5"])
 def test_full_value_out_of_int32_range_is_refused(value):
     text = with_line(7, f"  %1 = full() {{dtype='int32', shape=(), value={value}}} : i32[]")
     message = parse_error(text)
     assert_names_line(message, 7)
+    assert "does not fit int32" in message, message
+
+
+@pytest.mark.parametrize("value, dtype", [("2147483647", "int32"), ("-2147483648", "int32"),
+                                          ("9223372036854775807", "int64"), ("-9223372036854775808", "int64")])
+def test_full_value_at_the_int_limits_parses(value, dtype):
+    short = {"int32": "i32", "int64": "i64"}[dtype]
+    graph = compiler.parse(with_line(7, f"  %1 = full() {{dtype='{dtype}', shape=(), value={value}}} : {short}[]"))
+    assert graph.node(graph.outputs[0]).attrs["value"] == int(value)
+
+
+@pytest.mark.parametrize("fill, dtype", [(2**31, "int32"), (-(2**31) - 1, "int32"), (2**63, "int64"),
+                                         (float("nan"), "int32"), (float("inf"), "int64"), (1e19, "int64")])
+def test_traced_full_value_that_does_not_fit_is_refused(fill, dtype):
+    with pytest.raises(ShapeError, match="does not fit"):
+        compiler.trace(lambda p: ops.sum(p) + ops.sum(ops.full((2,), fill, dtype).astype("float32")), Spec((2,)))
 
 
 # ------------------------------------------------- odd but valid names through the pipeline
-NAME_BUG = ("BUG: compiler/codegen/emit.py:ModuleBuilder.__init__ passes the raw graph name to "
-            "ir.Module(name=...); it is printed unescaped as `; ModuleID = \"...\"`, so a NUL truncates the "
-            "IR (llvmlite passes a C string: 'object code does not define function') and a newline breaks "
-            "it (builtins RuntimeError 'LLVM IR parsing error') — fix: ir.Module(name=re.sub(r'[^A-Za-z0-9_.-]', "
-            "'_', name)) (the name is only a label)")
-SURROGATE_BUG = ("BUG: runtime/artifact.py:encode_manifest calls .encode('utf-8') outside its try, so a graph or "
-                 "input name holding a lone surrogate (legal in IR text as \"\\ud800\") makes compile raise "
-                 "builtins UnicodeEncodeError — fix: encode inside the try and catch UnicodeEncodeError as "
-                 "ArtifactError, or better have compiler/ir/parser.py:_string/_graph_name reject names that "
-                 "are not valid Unicode (ParseError 'line N: name is not valid Unicode')")
-
-
+# The graph name reaches LLVM IR text (the module label, symbols) and the artifact manifest:
+# it is sanitized for the former, and names that are not valid Unicode (a lone surrogate,
+# legal in IR text as "\\ud800") are refused by the parser, since no manifest could hold them.
 @pytest.mark.parametrize("where, name", [
     ("graph", "plain"), ("graph", "\\u00e9t\\u00e9"), ("graph", "\\u65e5\\u672c"), ("graph", "a b;c}{%0"),
     ("graph", "x" * 3000), ("input", "a\\nb"), ("input", "a\\x00b"), ("input", "\\u00e9"), ("input", "}{ ;%"),
-    pytest.param("graph", "a\\x00b", marks=pytest.mark.xfail(strict=True, reason=NAME_BUG)),
-    pytest.param("graph", "a\\nb", marks=pytest.mark.xfail(strict=True, reason=NAME_BUG)),
-    pytest.param("graph", "\\ud800", marks=pytest.mark.xfail(strict=True, reason=SURROGATE_BUG)),
-    pytest.param("input", "\\ud800", marks=pytest.mark.xfail(strict=True, reason=SURROGATE_BUG)),
+    ("graph", "a\\x00b"), ("graph", "a\\nb"), ("graph", "a\\rb\\tc\\x7f\\\\d"), ("graph", '\\"; ModuleID'),
+    ("graph", "\\ud800"), ("input", "\\ud800"), ("graph", "ok\\udfff"),
 ])
 def test_parsed_names_compile_or_are_refused_at_parse(where, name):
     """A name the parser accepts must not break the code generator or the artifact writer."""
@@ -342,13 +343,39 @@ def test_parsed_names_compile_or_are_refused_at_parse(where, name):
         f"graph {quoted if where == 'graph' else 'g'}", "  in_tree (*,)", "  out_tree *",
         f"  %{quoted if where == 'input' else 'x'} = input : f32[4] param",
         f"  %0 = exp(%{quoted if where == 'input' else 'x'}) : f32[4]", "  return %0", ""])
-    try:
-        graph = compiler.parse(text)
-    except ParseError:
-        return  # refusing the name up front is fine
+    if "\\ud" in name:  # a lone surrogate: refused up front, naming the line
+        message = parse_error(text)
+        assert_names_line(message, 1 if where == "graph" else 4)
+        assert "not valid Unicode" in message, message
+        return
+    graph = compiler.parse(text)
     kernel = codegen.compile(graph, cache=False)
     np.testing.assert_allclose(kernel(np.zeros(4, np.float32)), np.ones(4, np.float32))
-    runtime.loads(kernel.to_bytes())  # and the artifact round-trips
+    loaded = runtime.loads(kernel.to_bytes())  # and the artifact round-trips
+    assert loaded.manifest["name"] == graph.name
+    np.testing.assert_allclose(loaded(np.zeros(4, np.float32)), np.ones(4, np.float32))
+
+
+def test_unquoted_graph_name_with_a_lone_surrogate_is_refused():
+    text = "\n".join(["graph a\ud800b", "  in_tree (*,)", "  out_tree *", "  %x = input : f32[4] param",
+                      "  return %x", ""])
+    message = parse_error(text)
+    assert_names_line(message, 1)
+    assert "not valid Unicode" in message, message
+
+
+def test_quoted_location_with_a_lone_surrogate_is_refused():
+    message = parse_error(with_line(6, '  %0 = exp(%x) : f32[4,3]  # "m.py:\\ud800"'))
+    assert_names_line(message, 6)
+    assert "not valid Unicode" in message, message
+
+
+def test_traced_graph_name_with_a_lone_surrogate_is_an_artifact_error():
+    """The front end takes any str as a name; the artifact writer refuses it cleanly."""
+    codegen = pytest.importorskip("compiler.codegen")
+    graph = compiler.trace(lambda p: ops.sum(p), Spec((3,)), name="bad\ud800")
+    with pytest.raises(runtime.ArtifactError, match="not valid Unicode"):
+        codegen.compile(graph, cache=False).to_bytes()
 
 
 def test_hostile_text_in_a_fresh_process(tmp_path):
