@@ -12,7 +12,7 @@ named <key>.pullback, where key is the SHA-256 of:
 - compiler.__version__ and a fingerprint of the compiler package's source files (so a
   changed compiler never returns stale code);
 - opt_level and the target (triple, cpu, features);
-- code-generation switches read from the environment (PULLBACK_NAIVE_MATMUL), which
+- code-generation switches read from the environment (PULLBACK_NAIVE_MATMUL, PULLBACK_LIBM), which
   change the object code for the same graph.
 
 Each entry records its key (manifest['extra']['cache_key']); load() returns an entry only
@@ -96,9 +96,9 @@ def compiler_fingerprint() -> str:
 
 
 def _codegen_switches() -> str:
-    from compiler.codegen import matmul
+    from compiler.codegen import matmul, vecmath
 
-    return f"naive_matmul={int(matmul.naive())}"
+    return f"naive_matmul={int(matmul.naive())},libm={int(not vecmath.enabled())},fused={int(vecmath.FUSED)}"
 
 
 def cache_key(graph: Graph, opt_level: int, target: dict, version: str) -> str:
