@@ -104,12 +104,26 @@ def grad(graph: Graph, argnums: int | Sequence[int] = 0) -> Graph:
     return _finish(new)
 
 
-def value_and_grad(graph: Graph, argnums: int | Sequence[int] = 0) -> Graph:
-    """Graph computing (value, gradients): the training step."""
+def value_and_grad(graph: Graph, argnums: int | Sequence[int] = 0, *, remat: bool = False,
+                   memory_budget_bytes: int | None = None) -> Graph:
+    """Graph computing (value, gradients): the training step.
+
+    remat=True rematerializes cheap forward values in the backward pass instead of keeping
+    them alive, chosen by the min-cut of compiler.autodiff.saved (matmuls are never
+    recomputed); memory_budget_bytes bounds the saved bytes where that is possible
+    (see `pullback dump MODEL --stage saved`).
+    """
     with gc_paused():
         new, grads, tree, _ = _differentiate(graph, argnums, "value_and_grad")
     new.set_outputs([graph.outputs[0]] + grads, (LEAF, tree))
-    return _finish(new)
+    new = _finish(new)
+    if remat or memory_budget_bytes is not None:
+        from compiler.autodiff.saved import apply_rematerialization, plan_rematerialization
+
+        plan = plan_rematerialization(new, graph, memory_budget_bytes)
+        new = apply_rematerialization(new, graph, plan)
+        verify(new)
+    return new
 
 
 def vjp(graph: Graph, argnums: int | Sequence[int] = 0) -> Graph:
