@@ -86,7 +86,7 @@ class Kernel:
         self._label = f"kernel {manifest['name']!r}"
         codes = manifest.get("extra", {}).get("status_codes", {})
         self._status_meanings = {str(k): str(v) for k, v in codes.items()} if isinstance(codes, dict) else {}
-        self._native = NativeCode(code, manifest["symbol"], label)
+        self._native = NativeCode(code, manifest["symbol"], label, needs=manifest.get("extra", {}).get("needs", ()))
         self._entry = self._native.entry
 
         in_tree = treedef_from_text(manifest["in_tree"])

@@ -2,14 +2,30 @@
 
 llvmlite is imported lazily so `import runtime` stays cheap; the first load or host_target()
 pays for it. No system linker is involved: MCJIT's RuntimeDyld links the object in memory.
+
+Shared libraries: object code may call into a library the process does not load by itself;
+today only libgomp.so.1 (GCC's OpenMP runtime: the parallel matmuls call GOMP_parallel and
+omp_*). The libraries an artifact needs are those its manifest lists (extra.needs, passed
+as `needs`) plus those its undefined symbols imply (LIBRARIES' prefixes). Each is loaded
+once per process with RTLD_GLOBAL (ctypes) and registered with LLVM, before the
+undefined-symbol check; only libraries named in LIBRARIES are ever loaded, and one that
+cannot be loaded is an ArtifactError naming it and the package that provides it.
+
+libgomp and fork(): a process that forks after running a parallel region leaves the child
+a thread pool whose threads do not exist, and the child's next region would wait for them
+forever. So in a forked child the thread that forked is set to one OpenMP thread
+(omp_set_num_threads(1)); generated code then runs serially in that thread. Other threads
+the child starts get fresh teams. The thread count otherwise follows libgomp's rules
+(OMP_NUM_THREADS, else the CPUs the process may use).
 """
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
 import threading
-from typing import Any
+from typing import Any, Iterable
 
 from runtime import elf
 from runtime.errors import ArtifactError
@@ -91,10 +107,64 @@ def check_target(target: dict, label: str) -> None:
         )
 
 
+# soname -> (prefixes of the symbols it provides, where to get it)
+LIBRARIES: dict[str, tuple[tuple[str, ...], str]] = {
+    "libgomp.so.1": (("GOMP_", "omp_"), "GCC's OpenMP runtime: package libgomp1 on Debian/Ubuntu, libgomp on Fedora"),
+}
+_libraries: dict[str, ctypes.CDLL] = {}  # loaded once, never unloaded
+
+
+def required_libraries(needs: Iterable[Any], undefined: Iterable[str], label: str) -> list[str]:
+    """The libraries to load: manifest-declared ones, then those undefined symbols imply."""
+    if isinstance(needs, (str, bytes)) or not isinstance(needs, Iterable):
+        raise ArtifactError(f"{label}: manifest extra.needs must be a list of library names, got {needs!r}")
+    wanted: list[str] = []
+    for name in needs:
+        if not isinstance(name, str) or name not in LIBRARIES:
+            known = ", ".join(sorted(LIBRARIES))
+            raise ArtifactError(f"{label}: needs shared library {name!r}, which this runtime does not load (it knows: {known})")
+        if name not in wanted:
+            wanted.append(name)
+    for symbol in undefined:
+        for name, (prefixes, _) in LIBRARIES.items():
+            if symbol.startswith(prefixes) and name not in wanted:
+                wanted.append(name)
+    return wanted
+
+
+def load_library(name: str, label: str) -> None:
+    """Make `name`'s symbols resolvable for object code (RTLD_GLOBAL), once per process."""
+    with _init_lock:
+        if name in _libraries:
+            return
+        where = LIBRARIES[name][1] if name in LIBRARIES else "unknown package"
+        try:
+            handle = ctypes.CDLL(name, mode=os.RTLD_GLOBAL)
+        except OSError as exc:
+            raise ArtifactError(
+                f"{label}: needs shared library {name} ({where}), which cannot be loaded: {exc}. "
+                "Install it, or recompile serial code (PULLBACK_THREADS=1 or compile(..., parallel=False))"
+            ) from None
+        _libraries[name] = handle
+    llvm = _llvm()
+    try:  # LLVM searches the process too, but registering the library explicitly is certain
+        llvm.load_library_permanently(name)
+    except RuntimeError:
+        pass
+    if name == "libgomp.so.1" and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_serial_after_fork)
+
+
+def _serial_after_fork() -> None:
+    handle = _libraries.get("libgomp.so.1")
+    if handle is not None:
+        handle.omp_set_num_threads(1)
+
+
 class NativeCode:
     """Object code linked in memory; keeps the engine (and so the code) alive."""
 
-    def __init__(self, code: bytes, symbol: str, label: str) -> None:
+    def __init__(self, code: bytes, symbol: str, label: str, needs: Iterable[str] = ()) -> None:
         llvm = _llvm()
         triple = _host()[0]
         if llvm.get_object_format(triple) == "ELF":
@@ -114,6 +184,8 @@ class NativeCode:
             target_machine = llvm.Target.from_triple(triple).create_target_machine(reloc="pic", codemodel="jitdefault")
             # the engine owns the target machine; creating it also makes process symbols visible
             self._engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target_machine)
+        for library in required_libraries(needs, symbols.undefined if symbols is not None else (), label):
+            load_library(library, label)
         if symbols is not None:
             # special to RuntimeDyld, never looked up in the process
             unresolved = [name for name in symbols.undefined

@@ -96,9 +96,10 @@ def compiler_fingerprint() -> str:
 
 
 def _codegen_switches() -> str:
-    from compiler.codegen import matmul, vecmath
+    from compiler.codegen import matmul, parallel, vecmath
 
-    return f"naive_matmul={int(matmul.naive())},libm={int(not vecmath.enabled())},fused={int(vecmath.FUSED)}"
+    return (f"naive_matmul={int(matmul.naive())},libm={int(not vecmath.enabled())},fused={int(vecmath.FUSED)},"
+            f"{parallel.cache_token()}")
 
 
 def cache_key(graph: Graph, opt_level: int, target: dict, version: str) -> str:

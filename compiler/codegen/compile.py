@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compiler.codegen import cache as compile_cache
+from compiler.codegen import parallel as codegen_parallel
 from compiler.codegen import target
 from compiler.codegen.emit import STATUS, GraphEmitter, ModuleBuilder
 from compiler.ir.graph import Graph
@@ -110,18 +111,28 @@ def _manifest(graph: Graph, result: Build, opt_level: int, key: str | None) -> d
             "kernel_calls": result.kernel_calls,
             "workspace_planner": "liveness best-fit",
             "status_codes": {str(code): text for code, text in STATUS.items()},
+            "needs": codegen_parallel.needs(result.ir_text),
             "timings": {k: round(v, 6) for k, v in result.timings.items()},
         },
     )
 
 
-def compile(graph: Graph, opt_level: int = 2, *, cache: bool = True) -> Any:  # noqa: A001 - the API name
+def compile(graph: Graph, opt_level: int = 2, *, cache: bool = True, parallel: bool | None = None) -> Any:  # noqa: A001
     """Compile `graph` to native code for this CPU; returns a callable runtime.Kernel.
 
     kernel(*args) takes the arguments the graph was traced with (same pytree) and
     returns its outputs as fresh numpy arrays. Results are cached on disk (see
     compiler/codegen/cache.py); cache=False or PULLBACK_NO_CACHE=1 turns that off.
+    Large matmuls run on all cores through OpenMP (libgomp; OMP_NUM_THREADS is respected);
+    parallel=False or PULLBACK_THREADS=1 compiles serial code.
     """
+    if parallel is None:  # keep whatever an enclosing parallel.configured(...) chose
+        return _compile(graph, opt_level, cache)
+    with codegen_parallel.configured(parallel):
+        return _compile(graph, opt_level, cache)
+
+
+def _compile(graph: Graph, opt_level: int, cache: bool) -> Any:
     import compiler
     import runtime
 

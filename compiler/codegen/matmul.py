@@ -41,6 +41,15 @@ through C; dot products: VL * NV interleaved chains then the tree), an ordering 
 same sum numpy's BLAS computes; NaN and Inf propagate (no fast-math flags). Zero
 padding only feeds lanes that are never stored.
 
+Threads: a product of at least parallel.MIN_FLOPS flops is cut into chunks of whole row
+tiles or column slivers of C (split()), about OVERSPLIT per thread, each an independent
+sub-product with the whole product's plan, and run by a libgomp team (parallel.py:
+GOMP_parallel, threads claim chunks from a shared counter; each thread packs B into its
+own slice of the scratch). Each element is still one FMA chain over k in the same order,
+so results are bitwise those of the serial kernel whatever the thread count. The team has
+min(OMP_NUM_THREADS or the CPU count, compiled-for threads, chunks) threads;
+PULLBACK_THREADS=1 or compile(..., parallel=False) compiles serial code.
+
 PULLBACK_NAIVE_MATMUL=1 in the environment selects the old loop nest (for before/after
 measurements). The compile cache does not see the variable: use PULLBACK_NO_CACHE=1 (or
 compile(..., cache=False)) when switching it.
@@ -48,6 +57,7 @@ compile(..., cache=False)) when switching it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass
@@ -55,8 +65,8 @@ from typing import Callable, Iterator, Sequence
 
 from llvmlite import ir
 
-from compiler.codegen import target
-from compiler.codegen.loops import I32, I64, Layout, const, for_range, nest, simplify
+from compiler.codegen import parallel, target
+from compiler.codegen.loops import I32, I64, I8, Layout, const, for_range, nest, simplify
 from compiler.codegen.lower import KernelCtx
 from compiler.codegen.scalar import ITEMSIZE, LLVM_TYPES
 
@@ -220,13 +230,90 @@ def _orientation_score(p: Problem) -> int:
     return 1 if p.n > 1 and p.b_cs == 1 else 0
 
 
+# ---------------------------------------------------------------- splitting across threads
+@dataclass(frozen=True)
+class Split:
+    """The product as `chunks` independent sub-products along rows (axis "m") or columns
+    ("n") of C, `size` rows/columns each (a multiple of MR / NR), the last `last`."""
+
+    axis: str
+    size: int
+    chunks: int
+    last: int
+
+    def problem(self, p: Problem, width: int) -> Problem:
+        return dataclasses.replace(p, **{self.axis: width})
+
+    def plan(self, pl: Plan, width: int) -> Plan:
+        """A chunk keeps the whole product's plan (so its micro-kernels), N blocks clipped."""
+        if self.axis == "n":
+            return dataclasses.replace(pl, nc=min(pl.nc, _ceil(width, pl.nr) * pl.nr))
+        return pl
+
+    def steps(self, p: Problem) -> tuple[int, int, int]:
+        """Element offsets of A, B and C from one chunk to the next."""
+        if self.axis == "m":
+            return self.size * p.a_rs, 0, self.size * p.ldc
+        return 0, self.size * p.b_cs, self.size
+
+
+OVERSPLIT = 4  # chunks per thread (when the product is big enough): evens out preempted threads
+CHUNK_FLOPS = 1_000_000  # fewer, bigger chunks below this much work each
+
+
+def split(p: Problem, pl: Plan, threads: int | None = None) -> Split | None:
+    """How to run the product on up to `threads` threads (default: parallel.max_threads()),
+    or None to keep it serial (one thread, or too few flops to pay for waking a team).
+
+    Chunks are whole row tiles or column slivers, so every element of C is computed by the
+    same micro-kernel step sequence as in serial code (bitwise equal results). About
+    OVERSPLIT chunks per thread, so that a thread the OS preempts holds up little work. The
+    axis is the one whose busiest thread gets the smallest share; on a tie columns when B
+    is packed (each chunk packs only its own columns of B; row chunks would all pack B
+    whole), else rows.
+    """
+    threads = parallel.max_threads() if threads is None else threads
+    flops = 2 * p.m * p.n * p.k
+    if threads <= 1 or flops < parallel.MIN_FLOPS:
+        return None
+    wanted = max(threads, min(threads * OVERSPLIT, flops // CHUNK_FLOPS))
+    best = None
+    for axis, total, unit in (("m", p.m, pl.mr), ("n", p.n, pl.nr)):
+        if pl.gemv and axis == "n":
+            continue
+        units = _ceil(total, unit)
+        if units < 2:
+            continue
+        per = _ceil(units, min(wanted, units))
+        chunks = _ceil(units, per)
+        size = per * unit
+        preferred = axis == ("n" if pl.pack_b else "m")
+        rank = (_ceil(chunks, threads) * size / total, not preferred)
+        if best is None or rank < best[0]:
+            best = (rank, Split(axis, size, chunks, total - (chunks - 1) * size))
+    return best[1] if best else None
+
+
+def _team(sp: Split, threads: int | None = None) -> int:
+    """Most threads a split runs on (scratch slices)."""
+    return min(sp.chunks, parallel.max_threads() if threads is None else threads)
+
+
+def _thread_scratch(p: Problem, pl: Plan, sp: Split | None) -> int:
+    """Packed-B bytes one thread needs (a multiple of 64: threads never share a cache line)."""
+    if sp is not None:
+        pl = sp.plan(pl, sp.size)
+    return -(-pl.kc * pl.nc * ITEMSIZE[p.dtype] // 64) * 64 if pl.pack_b else 0
+
+
 def scratch_bytes(a: Layout, b: Layout, out_shape: Sequence[int], dtype: str) -> int:
-    """Bytes of workspace the product needs (packed B), 0 if none."""
+    """Bytes of workspace the product needs (packed B, once per thread), 0 if none."""
     if not supported(dtype) or 0 in out_shape or a.shape[-1] == 0:
         return 0
     p = describe(a, b, out_shape, dtype).problem
     pl = plan(p)
-    return pl.kc * pl.nc * ITEMSIZE[dtype] if pl.pack_b else 0
+    sp = split(p, pl)
+    return _thread_scratch(p, pl, sp) * (_team(sp) if sp else 1)
 
 
 # ---------------------------------------------------------------- code generation
@@ -614,6 +701,38 @@ class Generator:
                                         self.gep(b, c_row, _lin(b, s * nr, (j, nr)))])
 
 
+def parallel_product(module: ir.Module, p: Problem, pl: Plan, sp: Split) -> ir.Function:
+    """(a, b, c, scratch) -> the product, its chunks run by a libgomp team; the thread with
+    id t packs B into scratch slice t."""
+    full = sp.chunks if sp.last == sp.size else sp.chunks - 1
+    gens = [Generator(module, sp.problem(p, w), sp.plan(pl, w)) for w in (sp.size, sp.last)]
+    regular, last = [g.gemv() if pl.gemv else g.gemm() for g in gens]
+    per_thread = _thread_scratch(p, pl, sp)
+    steps = sp.steps(p)
+    gen = gens[0]
+
+    def chunk(b: ir.IRBuilder, args: list, tid: ir.Value, index: ir.Value) -> None:
+        a, bm, c, scratch = args
+        if per_thread:
+            scratch = b.gep(scratch, [_lin(b, 0, (b.sext(tid, I64), per_thread))], inbounds=True, source_etype=I8)
+
+        def call(fn: ir.Function) -> None:
+            b.call(fn, [gen.gep(b, ptr, _lin(b, 0, (index, step))) for ptr, step in zip((a, bm, c), steps)] + [scratch])
+
+        if full == sp.chunks:
+            call(regular)
+            return
+        with b.if_else(b.icmp_signed("<", index, const(full))) as (then, otherwise):
+            with then:
+                call(regular)
+            with otherwise:
+                call(last)
+
+    name = (f"mm.par.{gen.suffix}.{p.m}x{p.k}x{p.n}.a{p.a_rs}_{p.a_cs}.b{p.b_rs}_{p.b_cs}.c{p.ldc}"
+            f".{sp.axis}{sp.size}x{sp.chunks}.t{_team(sp)}")
+    return parallel.region(module, name, 4, sp.chunks, _team(sp), chunk)
+
+
 def emit(ctx: KernelCtx) -> None:
     """The matmul kernel body for a float dtype (supported(dtype) is true)."""
     a, bm = ctx.ins
@@ -626,8 +745,12 @@ def emit(ctx: KernelCtx) -> None:
         ctx.fill(out, ir.Constant(LLVM_TYPES[out.dtype], 0.0))
         return
     pl = plan(p)
-    gen = Generator(ctx.b.module, p, pl)
-    fn = gen.gemv() if pl.gemv else gen.gemm()
+    sp = split(p, pl)
+    if sp is not None:
+        fn = parallel_product(ctx.b.module, p, pl, sp)
+    else:
+        gen = Generator(ctx.b.module, p, pl)
+        fn = gen.gemv() if pl.gemv else gen.gemm()
     scratch = ctx.scratch if ctx.scratch is not None else ir.Constant(PTR, None)
     if spec.swapped:
         a, bm = bm, a
@@ -638,4 +761,5 @@ def emit(ctx: KernelCtx) -> None:
         ctx.b.call(fn, [ctx.address(a, ao), ctx.address(bm, bo), ctx.address(out, o), scratch])
 
 
-__all__ = ["emit", "scratch_bytes", "supported", "naive", "plan", "describe", "Problem", "Plan", "TUNING"]
+__all__ = ["emit", "scratch_bytes", "supported", "naive", "plan", "describe", "split", "Problem", "Plan", "Split",
+           "TUNING"]
