@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("model", metavar="MODEL", help="model file (.py) or IR text file")
     comp.add_argument("-o", "--output", required=True, metavar="OUT", help="artifact path to write")
     comp.add_argument("--opt-level", type=_opt_level, default=2, metavar="N", help="0-3 (default: 2)")
+    comp.add_argument("--dump-dir", metavar="DIR",
+                      help="write the IR after every graph pass (numbered .txt/.dot) and the LLVM IR into DIR")
     comp.set_defaults(handler=cmd_compile)
 
     run = sub.add_parser(
@@ -392,7 +394,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     step = pipeline.get("backward")
     compile_fn = _codegen("compile", "compile")
     start = time.perf_counter()
-    kernel = _stage_call("compile", args.model, lambda: compile_fn(step, opt_level=args.opt_level))
+    options = {"opt_level": args.opt_level}
+    if args.dump_dir is not None:
+        options["dump_dir"] = args.dump_dir
+    kernel = _stage_call("compile", args.model, lambda: compile_fn(step, **options))
     codegen_seconds = time.perf_counter() - start
     out_dir = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(out_dir):

@@ -10,6 +10,7 @@ graph pipeline plus LLVM -O1..-O3 (vectorizers from 2).
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -38,18 +39,18 @@ def _symbol(name: str) -> str:
     return "pullback_" + (re.sub(r"[^A-Za-z0-9_]", "_", name) or "graph")
 
 
-def _graph_passes(graph: Graph, opt_level: int) -> Graph:
-    if opt_level == 0:
-        return graph
+def _graph_passes(graph: Graph, opt_level: int, dump_dir: str | None = None) -> Graph:
     from compiler.pipeline import optimize
 
-    return optimize(graph, min(opt_level, 2))
+    if opt_level == 0 and dump_dir is None:
+        return graph
+    return optimize(graph, min(opt_level, 2), dump_dir=dump_dir)
 
 
-def build(graph: Graph, opt_level: int) -> Build:
+def build(graph: Graph, opt_level: int, dump_dir: str | None = None) -> Build:
     """Graph passes and LLVM IR emission (no LLVM work yet)."""
     start = time.perf_counter()
-    optimized = _graph_passes(graph, opt_level)
+    optimized = _graph_passes(graph, opt_level, dump_dir)
     passes = time.perf_counter()
     module_builder = ModuleBuilder(graph.name)
     emitter = GraphEmitter(module_builder, optimized)
@@ -63,16 +64,21 @@ def build(graph: Graph, opt_level: int) -> Build:
                  {"graph_passes": passes - start, "emit_ir": done - passes})
 
 
-def _llvm_module(graph: Graph, opt_level: int, verified: bool = False) -> tuple[Build, Any]:
+def _llvm_module(graph: Graph, opt_level: int, verified: bool = False,
+                 dump_dir: str | None = None) -> tuple[Build, Any]:
     target.check_opt_level(opt_level)
     if not verified:
         verify(graph)
-    result = build(graph, opt_level)
+    result = build(graph, opt_level, dump_dir)
     start = time.perf_counter()
     module = target.parse(result.ir_text, opt_level)
     parsed = time.perf_counter()
     target.optimize(module, opt_level)
     result.timings.update(llvm_parse=parsed - start, llvm_opt=time.perf_counter() - parsed)
+    if dump_dir is not None:
+        import pathlib
+
+        (pathlib.Path(dump_dir) / "llvm.ll").write_text(str(module))
     return result, module
 
 
@@ -117,22 +123,25 @@ def _manifest(graph: Graph, result: Build, opt_level: int, key: str | None) -> d
     )
 
 
-def compile(graph: Graph, opt_level: int = 2, *, cache: bool = True, parallel: bool | None = None) -> Any:  # noqa: A001
+def compile(graph: Graph, opt_level: int = 2, *, cache: bool = True, parallel: bool | None = None,  # noqa: A001
+            dump_dir: str | None = None) -> Any:
     """Compile `graph` to native code for this CPU; returns a callable runtime.Kernel.
 
     kernel(*args) takes the arguments the graph was traced with (same pytree) and
     returns its outputs as fresh numpy arrays. Results are cached on disk (see
     compiler/codegen/cache.py); cache=False or PULLBACK_NO_CACHE=1 turns that off.
     Large matmuls run on all cores through OpenMP (libgomp; OMP_NUM_THREADS is respected);
-    parallel=False or PULLBACK_THREADS=1 compiles serial code.
+    parallel=False or PULLBACK_THREADS=1 compiles serial code. dump_dir=DIR writes the IR
+    after every graph pass (numbered .txt and .dot files) and the optimized LLVM IR
+    (llvm.ll) there, compiling afresh rather than from the cache.
     """
     if parallel is None:  # keep whatever an enclosing parallel.configured(...) chose
-        return _compile(graph, opt_level, cache)
+        return _compile(graph, opt_level, cache, dump_dir)
     with codegen_parallel.configured(parallel):
-        return _compile(graph, opt_level, cache)
+        return _compile(graph, opt_level, cache, dump_dir)
 
 
-def _compile(graph: Graph, opt_level: int, cache: bool) -> Any:
+def _compile(graph: Graph, opt_level: int, cache: bool, dump_dir: str | None = None) -> Any:
     import compiler
     import runtime
 
@@ -141,10 +150,12 @@ def _compile(graph: Graph, opt_level: int, cache: bool) -> Any:
     key = None
     if compile_cache.enabled(cache):
         key = compile_cache.cache_key(graph, opt_level, target.host(), compiler.__version__)
-        hit = compile_cache.load(key)
+        hit = compile_cache.load(key) if dump_dir is None else None
         if hit is not None:
             return hit
-    result, module = _llvm_module(graph, opt_level, verified=True)
+    if dump_dir is not None:
+        os.makedirs(dump_dir, exist_ok=True)
+    result, module = _llvm_module(graph, opt_level, verified=True, dump_dir=dump_dir)
     start = time.perf_counter()
     code = target.emit_object(module, opt_level)
     result.timings["llvm_codegen"] = time.perf_counter() - start
