@@ -24,12 +24,13 @@ first, so structural ties do not make every such example get rejected.
 `program_fn(program, seed, dtype, mode)` is the traceable function: mode "loss" returns
 a scalar (the weighted sum of every sink value, for value_and_grad), "forward" returns
 (loss, chosen intermediates including int/bool ones), "probes" the kink operands.
+Also here: `poison` (NaN/inf/signed-zero inputs), `sample_combo` (op samples chained into
+one loss) and `matmul_inputs` (products of random shapes and operand layouts).
 """
 from __future__ import annotations
 
 import itertools
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable
@@ -187,16 +188,15 @@ class Builder:
         self.bools: list[Tensor] = []
         self.used: set[int] = set()  # ids of Tensors read by some step
         self.probes: list[Probe] = []
-        self.kinds: Counter = Counter()
         self.rng = np.random.default_rng(0)
 
     # -------------------------------------------------------------- helpers
     def const(self, array: np.ndarray) -> Tensor:
         return ops.constant(np.asarray(array, dtype=self.dtype))
 
-    def pick(self, i: int, pred: Callable[[Val], bool] | None = None, pool: list[Val] | None = None) -> Val | None:
-        pool = self.pool if pool is None else pool
-        cands = [v for v in reversed(pool) if pred is None or pred(v)]
+    def pick(self, i: int, pred: Callable[[Val], bool] | None = None) -> Val | None:
+        """The i-th newest value satisfying pred (None if none does); it is marked used."""
+        cands = [v for v in reversed(self.pool) if pred is None or pred(v)]
         if not cands:
             return None
         v = cands[i % len(cands)]
@@ -247,7 +247,6 @@ class Builder:
     def run(self, program: list[Step]) -> None:
         for index, (kind, i, j, k) in enumerate(program):
             self.rng = np.random.default_rng([self.seed, index, i, j, k])
-            self.kinds[kind] += 1
             getattr(self, "op_" + kind)(i, j, k)
 
     def sinks(self) -> list[Val]:

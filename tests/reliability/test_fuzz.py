@@ -1,25 +1,29 @@
 """Differential fuzzing: random well-typed programs over every op (tests/reliability/fuzzgen.py),
 with broadcasting, reductions, fan-out and tied weights, checked three ways:
 
-(a) compiled forward (and compiled value_and_grad) == the interpreter, float64 and float32;
+(a) compiled forward (loss and intermediates, int/bool ones too) and compiled
+    value_and_grad == the interpreter, float64 and float32, at random opt levels;
 (b) compiled gradients == central finite differences (float64), and == the interpreter's
     gradients in float32, within a tolerance scaled by the interpreter's own float32 error;
 (c) compiler.pipeline.optimize at levels 1 and 2 == the unoptimized graph (interpreter).
 
-Plus: every op sample (tests/ops/samples_*.py) composed into random combos whose outputs
-feed later samples, and a check that the generator emits every registered op.
+Also: (a) and (c) with inputs poisoned by NaN, +-inf and +-0 (same NaN and inf places);
+random matmul shapes and operand layouts (tile edges, packed B, transposed and strided
+views, batches); every op sample (tests/ops/samples_*.py) composed into random combos
+whose outputs feed later samples; and a check that the generator emits every registered op.
 
 Each hypothesis example is ONE program of many steps (so ONE graph per compile): LLVM
-is the cost, so the CI budget is a few examples per test (about 30 s for the file). A longer
-run on demand, which prints how many graphs and ops it tried:
+is the cost, so CI runs a fixed (derandomized) handful of examples per test, about 25 s
+for the file. A longer run on demand, with random seeds, prints how many programs, graphs
+and ops it tried:
 
     PULLBACK_FUZZ_EXAMPLES=500 .venv/bin/python -m pytest tests/reliability/test_fuzz.py -s
 
-PULLBACK_FUZZ_EXAMPLES also switches hypothesis from its fixed CI seed to random seeds.
+A failure prints the shrunk program (a list of (kind, i, j, k) steps, see fuzzgen.py) and
+a @reproduce_failure blob.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections import Counter
@@ -147,11 +151,16 @@ def _reference64(graph64: compiler.Graph, params: list, data: list):
                              [d.astype(np.float64) if d.dtype.kind == "f" else d for d in data])
 
 
-def check_finite_differences(loss_graph: compiler.Graph, params: list, data: list, grads: list, seed: int) -> None:
-    """grads (float64) against central differences of the interpreter on loss_graph."""
+def check_finite_differences(loss_graph: compiler.Graph, params: list, data: list, grads: list, seed: int,
+                             native: bool = False) -> None:
+    """grads (float64) against central differences of loss_graph, run by the interpreter
+    (or, for big graphs, natively at opt_level 0: the same values, (a) checks that)."""
     rng = np.random.default_rng(seed)
+    kernel = _compile(loss_graph, 0) if native else None
 
     def f(current: list) -> float:
+        if kernel is not None:
+            return float(kernel(current, data))
         return float(compiler.evaluate(loss_graph, current, data))
 
     for k, (p, g) in enumerate(zip(params, grads)):
@@ -183,7 +192,7 @@ def _traced(program, seed, dtype, mask=0):
 
 
 # ------------------------------------------------------------------------------ (a)
-@budget(6)
+@budget(16)
 @given(program=_programs(fg.ALL_KINDS), seed=seeds, dtype=dtypes, levels=st.tuples(st.integers(0, 3), st.integers(0, 3)),
        mask=st.integers(0, 2 ** 30 - 1))
 def test_compiled_programs_match_the_interpreter(program, seed, dtype, levels, mask):
@@ -202,7 +211,7 @@ def test_compiled_programs_match_the_interpreter(program, seed, dtype, levels, m
 
 
 # ------------------------------------------------------------------------------ (b)
-@budget(6)
+@budget(16)
 @given(program=_programs(fg.FD_KINDS), seed=seeds, level=st.integers(0, 3))
 def test_compiled_gradients_match_finite_differences(program, seed, level):
     """(b): float64 gradients vs central differences; float32 gradients vs the interpreter."""
@@ -220,7 +229,7 @@ def test_compiled_gradients_match_finite_differences(program, seed, level):
 
 
 # ------------------------------------------------------------------------------ (c)
-@budget(20)
+@budget(40)
 @given(program=_programs(fg.ALL_KINDS), seed=seeds, dtype=dtypes, mask=st.integers(0, 2 ** 30 - 1))
 def test_optimized_graphs_match_unoptimized(program, seed, dtype, mask):
     """(c): optimize at levels 1 and 2 (fusion included) on the forward and the training step."""
@@ -264,8 +273,30 @@ def assert_same_specials(actual, expected, dtype: str, what: str) -> None:
         np.testing.assert_allclose(g[finite], w[finite], rtol=rtol, atol=rtol * 0.1 * scale, err_msg=label)
 
 
-@budget(6)
-@given(program=_programs(fg.ALL_KINDS), seed=seeds, poison=seeds, dtype=dtypes,
+# conv2d is left out until the padding bug below is fixed (its weight gradient is a conv whose
+# "weight" is the output cotangent, so any non-finite cotangent hits it).
+SPECIAL_KINDS = [kind for kind in fg.ALL_KINDS if kind != "conv2d"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: compiler/ops/conv.py:_conv2d_ref vs compiler/codegen/conv.py (conv2d kernel): the reference "
+    "multiplies zero padding by the weight (0 * inf = nan), native code skips padding taps, so a non-finite "
+    "weight (or, in the weight gradient, a non-finite cotangent) gives nan in the interpreter and finite "
+    "values natively — fix: make _conv2d_ref accumulate tap by tap over the valid output range as the kernel "
+    "does (padding contributes nothing), then put conv2d back into SPECIAL_KINDS"))
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_conv2d_padding_with_a_non_finite_weight_matches_the_interpreter(bad):
+    from compiler.ops import conv
+
+    x = np.ones((1, 1, 2, 2))
+    w = np.ones((1, 1, 2, 2))
+    w[0, 0, 0, 0] = bad  # this tap reads only padding for the first output row and column
+    graph = compiler.trace(lambda x, w: conv.conv2d(x, w, padding=1), x, w)
+    assert_same_specials(_compile(graph, 0)(x, w), compiler.evaluate(graph, x, w), "float64", "conv2d padding=1")
+
+
+@budget(16)
+@given(program=_programs(SPECIAL_KINDS), seed=seeds, poison=seeds, dtype=dtypes,
        levels=st.tuples(st.integers(0, 3), st.integers(0, 3)), mask=st.integers(0, 2 ** 30 - 1))
 def test_nan_inf_and_signed_zeros_propagate_like_the_interpreter(program, seed, poison, dtype, levels, mask):
     """(a) and (c) with a few inputs poisoned by NaN, +-inf and +-0: compiled code and the
@@ -297,7 +328,7 @@ _products = st.lists(st.tuples(
     min_size=1, max_size=3)
 
 
-@budget(3)
+@budget(6)
 @given(cases=_products, seed=seeds, dtype=dtypes, level=st.integers(1, 3))
 def test_matmul_shapes_and_layouts_match_the_interpreter(cases, seed, dtype, level):
     """The blocked matmul kernels (tile edges, packed or in-place B, transposed and strided
@@ -346,7 +377,8 @@ def test_all_kinds_gradients_match_finite_differences():
     params, data = fg.input_values(seed, "float64")
     compiled = _compile(step, 1)(params, data)
     assert_matches(compiled, compiler.evaluate(step, params, data), "float64", "value_and_grad at opt_level 1")
-    check_finite_differences(loss, params, data, compiled[1], seed)
+    assert_matches(_compile(loss, 0)(params, data), compiler.evaluate(loss, params, data), "float64", "loss")
+    check_finite_differences(loss, params, data, compiled[1], seed, native=True)
 
 
 # ------------------------------------------------------------------------------ sample combos
@@ -361,7 +393,7 @@ def _sample_ok(sample, dtype: str) -> bool:
     return dtype == "float64" or sample.op != "fixed_point"
 
 
-@budget(5)
+@budget(12)
 @given(picks=st.lists(st.integers(0, 10 ** 6), min_size=2, max_size=6), seed=seeds, dtype=dtypes,
        level=st.integers(1, 3), differentiable_only=st.booleans())
 def test_sample_combos_compile_and_differentiate(picks, seed, dtype, level, differentiable_only):
