@@ -107,6 +107,7 @@ class KernelCtx:
 
 ViewRule = Callable[[dict, Sequence[Layout], Sequence[Any], Any], "Layout | None"]
 ScratchRule = Callable[[Any, dict, Sequence[Layout], Sequence[Any], Any], int]
+InPlaceRule = Callable[[dict, Sequence[Layout], Sequence[Any], Any], "tuple[int, ...]"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,10 @@ class Lowering:
     scratch: ScratchRule | None = None  # (module_builder, attrs, layouts, types, result type) -> bytes
     may_fail: bool = False  # the kernel returns an i32 status (0 = success)
     source: bool = False  # no operands; `emit_source` gives the value instead
+    # (attrs, operand layouts, operand types, result type) -> indices of operands whose buffer
+    # the result may overwrite when that operand dies at this step (in-place execution).
+    # The kernel must then be correct with `out` aliasing that operand.
+    in_place: InPlaceRule | None = None
 
 
 LOWERINGS: dict[str, Lowering] = {}
