@@ -149,14 +149,37 @@ def _windows(x: np.ndarray, kernel: tuple, stride: tuple, padding: tuple, dilati
     return view[:, :, ::sh, ::sw, ::dh, ::dw]
 
 
+def _valid_taps(size: int, out: int, offset: int, stride: int) -> tuple[int, int]:
+    """(first t, count) of t in [0, out) with 0 <= t * stride + offset < size: the outputs
+    whose tap at `offset` reads a real pixel."""
+    first = max(0, -(offset // stride))  # ceil(-offset / stride)
+    last = min(out - 1, (size - 1 - offset) // stride)
+    return first, max(0, last - first + 1)
+
+
 def _conv2d_ref(x: np.ndarray, w: np.ndarray, *, stride: tuple, padding: tuple, dilation: tuple,
                 groups: int) -> np.ndarray:
-    n, c, _, _ = x.shape
+    """Tap by tap over the outputs whose tap reads a real pixel, as the native kernel does:
+    padding contributes nothing (a non-finite weight times padding is not 0 * inf = nan)."""
+    n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
-    cols = _windows(x, (kh, kw), stride, padding, dilation)
-    ho, wo = cols.shape[2:4]
-    cols = cols.reshape(n, groups, cg, ho, wo, kh, kw)
-    out = np.einsum("ngchwij,gocij->ngohw", cols, w.reshape(groups, o // groups, cg, kh, kw), optimize=True)
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((n, groups, o // groups, ho, wo), dtype=np.result_type(x, w))
+    xg = x.reshape(n, groups, cg, h, wd)
+    wg = w.reshape(groups, o // groups, cg, kh, kw)
+    for i in range(kh):
+        r0, rows = _valid_taps(h, ho, i * dh - ph, sh)
+        for j in range(kw):
+            c0, cols = _valid_taps(wd, wo, j * dw - pw, sw)
+            if not rows or not cols:
+                continue
+            top, left = r0 * sh + i * dh - ph, c0 * sw + j * dw - pw
+            pixels = xg[:, :, :, top:top + (rows - 1) * sh + 1:sh, left:left + (cols - 1) * sw + 1:sw]
+            # (groups, o/g, cg) @ (n, groups, cg, rows * cols): every image, channel and pixel at once
+            taps = wg[:, :, :, i, j] @ pixels.reshape(n, groups, cg, rows * cols)
+            out[:, :, :, r0:r0 + rows, c0:c0 + cols] += taps.reshape(n, groups, o // groups, rows, cols)
     return out.reshape(n, o, ho, wo)
 
 

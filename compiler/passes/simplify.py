@@ -12,7 +12,8 @@ rewrites deliberately change rounding, as XLA's algebraic simplifier does:
 Rewrites NOT done, because they change IEEE results: x * 0 -> 0 (nan and inf give nan),
 x - x -> 0, exp(log(x)) -> x (x < 0 gives nan), pow(x, 0.5) -> sqrt(x) (-0 and -inf),
 and, for floats, x + 0.0 -> x (-0.0 + 0.0 is +0.0). The exact forms are used instead:
-x + (-0.0) -> x, x - 0.0 -> x, and integer x + 0 -> x.
+x + (-0.0) -> x, x - 0.0 -> x, and integer x + 0 -> x; and a sum of zero pads becomes a
+concatenate of x + 0.0 pieces (see sum_of_pads).
 
 A rule `rule(graph, node_id, node)` returns None (no match), the id of an existing value
 that replaces the node, the id of a new node built for it, or `node_id` itself after
@@ -28,10 +29,11 @@ from typing import Callable, ClassVar
 
 import compiler.ops as ops
 from compiler.ir.graph import Graph, Node
-from compiler.ir.types import INT_DTYPES
+from compiler.ir.types import FLOAT_DTYPES, INT_DTYPES
 from compiler.ops.elementwise import broadcast_shapes
 from compiler.ops.tensor import Tensor
 from compiler.passes._util import is_full_of, next_node_id, replace_value, rewriting, topo_order
+from compiler.passes.accumulate import SUMS, _is_inner, collect_tree
 from compiler.passes.manager import Pass
 
 Rule = Callable[[Graph, int, Node], "int | None"]
@@ -235,8 +237,81 @@ def scalar_full_operand(graph: Graph, node_id: int, node: Node) -> int | None:
     return None
 
 
+# ------------------------------------------------------------ sums of pads
+def _zero_pad_box(graph: Graph, value: int, node: Node) -> list[tuple[int, int]] | None:
+    """The [begin, end) per axis that a zero `pad` of node's type fills from its operand."""
+    pad = _producer(graph, value, "pad")
+    if pad is None or pad.type != node.type or any(pad.attrs["interior"]):
+        return None
+    zero = pad.attrs["value"]
+    if zero != 0 or (node.type.dtype not in INT_DTYPES and math.copysign(1.0, zero) < 0):
+        return None  # a -0.0 fill would make the uncovered area -0.0, not +0.0
+    return [(lo, n - hi) for lo, hi, n in zip(pad.attrs["low"], pad.attrs["high"], node.type.shape)]
+
+
+def sum_of_pads(graph: Graph, node_id: int, node: Node) -> int | None:
+    """A sum of zero pads that fill disjoint slabs along one axis -> concatenate of the
+    padded values (x + 0.0 each, for floats) and zeros for the gaps.
+
+    The slicing VJP (the LSTM's four gates cut from one [B, 4H] matrix) gives this: k
+    zero-filled [B, 4H] temporaries added together, where one copy each would do. Exact:
+    with two or more operands an element of a slab is x + 0 + ... + 0, which is x + 0.0
+    (x except that -0.0 becomes +0.0, kept by adding +0.0 to each piece; NaN stays NaN,
+    +-inf stays); an uncovered element is +0.0 (0 for ints).
+    Applies to the root of an add tree (the adds in it single-use, as `accumulate`
+    collects them) or to an add_n, when every leaf is such a pad; overlapping slabs,
+    boxes that are not slabs of one axis, or interior padding are left alone.
+    """
+    if node.type.dtype not in FLOAT_DTYPES + INT_DTYPES or not node.type.shape or not node.type.size:
+        return None
+    if not any(graph.node(o).op in ("pad",) + SUMS for o in node.operands):
+        return None  # cheap exit before walking a long tree of adds
+    outputs = set(graph.outputs)
+    if _is_inner(graph, node_id, outputs):
+        return None  # the tree's root takes the whole tree
+    leaves, _ = collect_tree(graph, node_id, outputs)
+    boxes = [_zero_pad_box(graph, leaf, node) for leaf in leaves]
+    if any(box is None for box in boxes):
+        return None
+    shape = node.type.shape
+    filled = [(leaf, box) for leaf, box in zip(leaves, boxes) if all(b < e for b, e in box)]
+    axes = {a for _, box in filled for a, (b, e) in enumerate(box) if (b, e) != (0, shape[a])}
+    if len(axes) > 1 or (not axes and len(filled) > 1):
+        return None
+    axis = axes.pop() if axes else 0
+    filled.sort(key=lambda item: item[1][axis][0])
+    plan, position = [], 0  # (leaf or None for zeros, length along axis)
+    for leaf, box in filled:
+        begin, end = box[axis]
+        if begin < position:
+            return None  # slabs overlap
+        if begin > position:
+            plan.append((None, begin - position))
+        plan.append((leaf, end - begin))
+        position = end
+    if position < shape[axis]:
+        plan.append((None, shape[axis] - position))
+    dtype = node.type.dtype
+    with rewriting(graph, node.loc):
+        # Only a sum of two or more adds 0.0 to each element (add_n of one operand is a copy).
+        zero = ops.zeros((), dtype) if dtype in FLOAT_DTYPES and len(leaves) > 1 else None
+        pieces = []
+        for leaf, length in plan:
+            if leaf is None:
+                pieces.append(ops.zeros(shape[:axis] + (length,) + shape[axis + 1:], dtype))
+                continue
+            pad = graph.node(leaf)
+            x = Tensor(graph, pad.operands[0])
+            if zero is not None:
+                with rewriting(graph, pad.loc):  # the piece is the pad's work: keep its loc
+                    x = x + zero
+            pieces.append(x)
+        return ops.concatenate(pieces, axis=axis).id
+
+
 RULES: dict[str, list[Rule]] = {
-    "add": [scalar_full_operand, add_zero],
+    "add": [scalar_full_operand, add_zero, sum_of_pads],
+    "add_n": [sum_of_pads],
     "sub": [scalar_full_operand, sub_zero, sub_neg],
     "mul": [scalar_full_operand, mul_one],
     "div": [scalar_full_operand, div_one],

@@ -3,8 +3,6 @@ as a script, and survives the IR text round trip."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,8 @@ import compiler
 from compiler.models import load_model
 from runtime.pytree import flatten
 from tests.examples.support import (
-    EXAMPLES, ROOT, example_path, parser_available, printer_available, require, require_ops,
+    EXAMPLES, assert_first_loss_is_the_initial_loss, example_path, parser_available, printer_available, require,
+    require_ops, run_example,
 )
 
 
@@ -85,20 +84,16 @@ def test_example_follows_the_convention_and_matches_numpy(name):
 
 
 def test_chain_rule_runs_as_a_script():
-    result = subprocess.run(
-        [sys.executable, str(example_path("chain_rule")), "--steps", "5"], capture_output=True, text=True,
-        timeout=120, cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "forward IR has" in result.stdout
-    assert "loss at the example inputs (seed 0) = " in result.stdout
+    stdout = run_example("chain_rule", "--steps", "5")
+    assert "forward IR has" in stdout
+    assert "loss at the example inputs (seed 0) = " in stdout
     for key in ("x", "s", "t"):
-        match = re.search(rf"d loss/d {key}: autodiff (\S+), closed form (\S+)\n", result.stdout)
-        assert match, result.stdout
+        match = re.search(rf"d loss/d {key}: autodiff (\S+), closed form (\S+)\n", stdout)
+        assert match, stdout
         np.testing.assert_allclose(float(match.group(1)), float(match.group(2)), rtol=1e-5, err_msg=key)
-    losses = [float(v) for v in re.findall(r"step +\d+  loss (\S+)", result.stdout)]
-    assert len(losses) == 5 and losses[-1] < losses[0], result.stdout
-    assert "after 5 steps: x = " in result.stdout
+    losses = [float(v) for v in re.findall(r"step +\d+  loss (\S+)", stdout)]
+    assert len(losses) == 5 and losses[-1] < losses[0], stdout
+    assert "after 5 steps: x = " in stdout
 
 
 @pytest.mark.parametrize("name", [n for n in EXAMPLES if n != "chain_rule"])
@@ -106,18 +101,11 @@ def test_example_trains_as_a_script_with_the_interpreter(name):
     """The training scripts (compiled in tests/examples/test_training_examples.py) also
     run on the reference interpreter; their first loss is the loss at the example params."""
     require_ops(name)
-    result = subprocess.run(
-        [sys.executable, str(example_path(name)), "--steps", "2", "--interpreter"], capture_output=True, text=True,
-        timeout=120, cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "forward IR has" in result.stdout
-    assert "(using the reference interpreter: --interpreter was given)" in result.stdout
-    assert "interpreter: compile n/a (interpreter), median step" in result.stdout, result.stdout
-    model = load_model(example_path(name))
-    first = float(re.search(r"step     0  loss (\S+)", result.stdout).group(1))
-    expected = compiler.evaluate(model.trace(), model.init_params(0), *model.module.train_batch(0, 0))
-    np.testing.assert_allclose(first, float(expected), rtol=1e-4, atol=1e-5)
+    stdout = run_example(name, "--steps", "2", "--interpreter")
+    assert "forward IR has" in stdout
+    assert "(using the reference interpreter: --interpreter was given)" in stdout
+    assert "interpreter: compile n/a (interpreter), median step" in stdout, stdout
+    assert_first_loss_is_the_initial_loss(name, stdout)
 
 
 def _assert_same_graph(a, b):

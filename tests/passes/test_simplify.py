@@ -9,7 +9,7 @@ from compiler import Spec, ops
 from compiler.ops.tensor import apply
 from compiler.passes import AlgebraicSimplification, DeadCodeElimination
 from compiler.passes.simplify import RULES
-from tests.passes.support import body, expected, run
+from tests.passes.support import body, expected, ops_of, run
 
 SIMPLIFY = AlgebraicSimplification()
 
@@ -192,6 +192,90 @@ def test_new_nodes_keep_the_source_location():
     assert graph.node(graph.outputs[0]).op == "square" and graph.node(graph.outputs[0]).loc == loc
 
 
+def test_zero_pads_tiling_one_axis_become_a_concatenate():
+    # The slice VJP's shape: slabs [0, 2), [2, 4) and [5, 8) of axis 1, summed by a chain of
+    # adds; the gap [4, 5) becomes zeros, and each piece gets + 0.0 (-0.0 + 0.0 is +0.0).
+    def f(a, b, c):
+        return (ops.pad(a, ((0, 0), (0, 6))) + ops.pad(b, ((0, 0), (5, 0)))) + ops.pad(c, ((0, 0), (2, 4)))
+
+    graph = simplified(f, Spec((3, 2)), Spec((3, 3)), Spec((3, 2)))
+    assert body(graph) == expected("""
+        %a = input : f32[3,2] param
+        %b = input : f32[3,3] data
+        %c = input : f32[3,2] data
+        %0 = full() {dtype='float32', shape=(), value=0.0} : f32[]
+        %1 = add(%a, %0) : f32[3,2]
+        %2 = add(%c, %0) : f32[3,2]
+        %3 = full() {dtype='float32', shape=(3, 1), value=0.0} : f32[3,1]
+        %4 = add(%b, %0) : f32[3,3]
+        %5 = concatenate(%1, %2, %3, %4) {axis=1} : f32[3,8]
+        return %5
+    """)
+
+
+def test_integer_add_n_of_zero_pads_needs_no_plus_zero():
+    # An empty operand pads to all zeros and drops out.
+    graph = simplified(lambda a, b: apply("add_n", ops.pad(a, (1, 0)), ops.pad(b, (0, 2)), ops.pad(a[:0], (0, 3))),
+                       Spec((2,), "int32"), Spec((1,), "int32"))
+    assert body(graph) == expected("""
+        %a = input : i32[2] data
+        %b = input : i32[1] data
+        %0 = concatenate(%b, %a) {axis=0} : i32[3]
+        return %0
+    """)
+
+
+def _pad(x, low, high, interior=None, value=0.0):
+    return apply("pad", x, low=low, high=high, interior=interior or (0,) * len(low), value=value)
+
+
+PADS_LEFT_ALONE = {
+    "overlapping slabs": lambda a, b: _pad(a, (0, 0), (0, 2)) + _pad(b, (0, 1), (0, 1)),
+    "slabs of two axes": lambda a, b: _pad(a, (0, 0), (1, 2)) + _pad(b, (1, 2), (0, 0)),
+    "interior padding": lambda a, b: _pad(a, (0, 0), (0, 1), (0, 1)) + _pad(b[:, :1], (0, 3), (0, 0)),
+    "a fill of 1.0": lambda a, b: _pad(a, (0, 0), (0, 2), value=1.0) + _pad(b, (0, 2), (0, 0)),
+    "a fill of -0.0": lambda a, b: _pad(a, (0, 0), (0, 2), value=-0.0) + _pad(b, (0, 2), (0, 0)),
+    "a leaf that is no pad": lambda a, b: apply("add_n", _pad(a, (0, 0), (0, 2)), _pad(b, (0, 2), (0, 0)),
+                                                ops.zeros((1, 4))),
+    "a broadcasting add": lambda a, b: _pad(a[:, :1], (0, 0), (0, 3)) + _pad(b[:1, :1], (0, 0), (3, 0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PADS_LEFT_ALONE))
+def test_sums_of_pads_that_do_not_tile_one_axis_are_left_alone(name):
+    graph = compiler.trace(PADS_LEFT_ALONE[name], Spec((1, 2)), Spec((1, 2)))
+    before = body(graph)
+    assert not run(SIMPLIFY, graph)
+    assert body(graph) == before
+
+
+def test_only_the_root_of_an_add_tree_is_rewritten():
+    # The inner add is read twice, so it is a leaf of the outer tree: that is not a pad.
+    def f(a, b, c):
+        inner = ops.pad(a, (0, 2)) + ops.pad(b, (1, 1))
+        return inner + ops.pad(c, (2, 0)), inner
+
+    graph = simplified(f, Spec((1,)), Spec((1,)), Spec((1,)))
+    assert body(graph).count("concatenate") == 1 and body(graph).count("pad") == 1
+
+
+def test_slicing_gradients_concatenate_and_keep_their_values():
+    # The LSTM's shape: gates cut from one pre-activation, their cotangents padded back.
+    def f(z):
+        return ops.sum(ops.sigmoid(z[:, :2]) * ops.tanh(z[:, 2:4])) + ops.sum(ops.exp(z[:, 5:]))
+
+    graph = compiler.grad(compiler.trace(f, Spec((3, 8), "float64")))
+    z = np.random.default_rng(0).standard_normal((3, 8))
+    z[0, 1] = -0.0
+    want = compiler.evaluate(graph, z)
+    for level in (1, 2):
+        optimized = compiler.optimize(graph, opt_level=level)
+        assert "pad" not in ops_of(optimized) and "concatenate" in ops_of(optimized)
+        got = compiler.evaluate(optimized, z)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+
+
 SPECIALS = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.5, -2.5, 3e38], np.float32)
 
 EXACT_REWRITES = {
@@ -209,6 +293,8 @@ EXACT_REWRITES = {
     "transpose2": lambda x, y: ops.reshape(x, (2, 4)).T.T,
     "reshape2": lambda x, y: ops.reshape(ops.reshape(x, (2, 4)), (8,)),
     "scalar full": lambda x, y: ops.maximum(x, ops.full((8,), -1.0)),
+    "sum of pads": lambda x, y: ops.pad(x[:3], (0, 5)) + ops.pad(y[4:], (4, 0)),  # x[1] is -0.0
+    "add_n of one pad": lambda x, y: apply("add_n", ops.pad(x[:5], (3, 0))),  # nothing adds 0.0 to -0.0
 }
 
 

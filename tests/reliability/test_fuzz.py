@@ -273,19 +273,11 @@ def assert_same_specials(actual, expected, dtype: str, what: str) -> None:
         np.testing.assert_allclose(g[finite], w[finite], rtol=rtol, atol=rtol * 0.1 * scale, err_msg=label)
 
 
-# conv2d is left out until the padding bug below is fixed (its weight gradient is a conv whose
-# "weight" is the output cotangent, so any non-finite cotangent hits it).
-SPECIAL_KINDS = [kind for kind in fg.ALL_KINDS if kind != "conv2d"]
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: compiler/ops/conv.py:_conv2d_ref vs compiler/codegen/conv.py (conv2d kernel): the reference "
-    "multiplies zero padding by the weight (0 * inf = nan), native code skips padding taps, so a non-finite "
-    "weight (or, in the weight gradient, a non-finite cotangent) gives nan in the interpreter and finite "
-    "values natively — fix: make _conv2d_ref accumulate tap by tap over the valid output range as the kernel "
-    "does (padding contributes nothing), then put conv2d back into SPECIAL_KINDS"))
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
 def test_conv2d_padding_with_a_non_finite_weight_matches_the_interpreter(bad):
+    """Padding contributes nothing, in the reference as in the kernel (and PyTorch): a
+    non-finite weight on a tap that reads only padding does not make that output nan. (The
+    fuzzer found this: the weight gradient is a conv whose weight is the cotangent.)"""
     from compiler.ops import conv
 
     x = np.ones((1, 1, 2, 2))
@@ -296,7 +288,7 @@ def test_conv2d_padding_with_a_non_finite_weight_matches_the_interpreter(bad):
 
 
 @budget(16)
-@given(program=_programs(SPECIAL_KINDS), seed=seeds, poison=seeds, dtype=dtypes,
+@given(program=_programs(fg.ALL_KINDS), seed=seeds, poison=seeds, dtype=dtypes,
        levels=st.tuples(st.integers(0, 3), st.integers(0, 3)), mask=st.integers(0, 2 ** 30 - 1))
 def test_nan_inf_and_signed_zeros_propagate_like_the_interpreter(program, seed, poison, dtype, levels, mask):
     """(a) and (c) with a few inputs poisoned by NaN, +-inf and +-0: compiled code and the
