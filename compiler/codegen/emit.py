@@ -4,10 +4,12 @@ Every value lives in a buffer with a Layout (lower.py): graph inputs in the call
 input buffers, `constant`/`full` in LLVM global constants (a `full` is one element read
 with stride 0), view ops in their operand's buffer, and every other op's result either
 straight in the caller's output buffer (for a graph output) or in the workspace at an
-offset planned by memplan.py. The entry function is a straight line of calls to kernel
-functions (one per distinct op signature, noinline, so LLVM's cost grows with the
-number of distinct kernels, not with graph size), then copies for outputs that are not
-computed in place (an input, a view, a constant, or one value returned twice).
+offset planned by memplan.py, which also lets a step write its result over an operand
+that dies there when the op's lowering allows it (in-place execution, `Lowering.in_place`).
+The entry function is a straight line of calls to kernel functions (one per distinct op
+signature and aliasing, noinline, so LLVM's cost grows with the number of distinct
+kernels, not with graph size), then copies for outputs that are not computed in place
+(an input, a view, a constant, or one value returned twice).
 
 Entry ABI (shared with compiled fixed_point bodies):
     int32_t f(void **inputs, void **outputs, void *workspace)   // 0 = success
@@ -52,6 +54,7 @@ class Buffer:
     first: int = 0
     last: int = -1
     offset: int = 0
+    shares: "Buffer | None" = None  # an in-place result: lives in this (workspace) buffer instead
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +73,9 @@ class Step:
     ins: list[Value]
     scratch: Buffer | None = None
     label: str = ""
+    position: int = -1  # in the graph's topological order: the unit of buffer lifetimes
+    candidates: tuple[int, ...] = ()  # operands the lowering lets the result overwrite
+    aliased: tuple[int, ...] = ()  # operands the result does overwrite (they are read through `out`)
 
 
 def _hashable(value: Any) -> Any:
@@ -136,7 +142,7 @@ class ModuleBuilder:
     def kernel(self, step: Step) -> ir.Function:
         ins = tuple((v.dtype, v.layout.shape, v.layout.strides) for v in step.ins)
         scratch = step.scratch.nbytes if step.scratch is not None else 0
-        key = (step.op, _hashable(step.attrs), step.out.dtype, step.out.layout.shape, ins, scratch)
+        key = (step.op, _hashable(step.attrs), step.out.dtype, step.out.layout.shape, ins, scratch, step.aliased)
         fn = self._kernels.get(key)
         if fn is None:
             fn = self._build_kernel(step, scratch)
@@ -153,7 +159,15 @@ class ModuleBuilder:
         out_arg, *in_args, scratch_arg = fn.args
         for arg in fn.args:
             arg.add_attribute("captures(none)")
-        out_arg.add_attribute("noalias")  # the planner never overlaps a result with a live operand
+        if not step.aliased:
+            out_arg.add_attribute("noalias")  # the planner never overlaps a result with a live operand
+        else:
+            # `out` overlaps exactly the aliased operands (read through `out`, below); every
+            # other operand is a distinct live buffer, so noalias moves to them and LLVM
+            # still needs no run-time overlap check before vectorizing
+            for i, arg in enumerate(in_args):
+                if i not in step.aliased:
+                    arg.add_attribute("noalias")
         scratch_arg.add_attribute("noalias")
         entry = fn.append_basic_block("entry")
         body = fn.append_basic_block("body")
@@ -163,7 +177,10 @@ class ModuleBuilder:
         ctx = KernelCtx(
             b=builder, op=step.op, attrs=dict(step.attrs),
             out=Operand(out_arg, Layout.contiguous(step.out.layout.shape), step.out.dtype),
-            ins=[Operand(arg, Layout(v.layout.shape, v.layout.strides), v.dtype) for arg, v in zip(in_args, step.ins)],
+            # an overwritten operand is read through `out` itself: one pointer, so LLVM sees
+            # each element loaded before its own store instead of a possible overlap to check
+            ins=[Operand(out_arg if i in step.aliased else arg, Layout(v.layout.shape, v.layout.strides), v.dtype)
+                 for i, (arg, v) in enumerate(zip(in_args, step.ins))],
             scratch=scratch_arg if scratch else None, module_builder=self, entry_block=entry,
         )
         assert step.lowering.emit is not None
@@ -184,12 +201,14 @@ def _clean(name: str) -> str:
 class GraphEmitter:
     """Plans one graph's values onto buffers and emits its entry-ABI function."""
 
-    def __init__(self, module_builder: ModuleBuilder, graph: Graph) -> None:
+    def __init__(self, module_builder: ModuleBuilder, graph: Graph, in_place: bool | None = None) -> None:
         self.mb = module_builder
         self.graph = graph
+        self.in_place = IN_PLACE if in_place is None else in_place
         self.steps: list[Step] = []
         self.copies: list[tuple[int, Value]] = []
         self.workspace_bytes = 0
+        self.in_place_steps = 0
         self._plan()
 
     # ---- planning
@@ -258,8 +277,11 @@ class GraphEmitter:
                     scratch = Buffer("workspace", size, first=position, last=position)
                     workspace.append(scratch)
             out = Value(buffer, Layout.contiguous(t.shape), t.dtype)
+            candidates: tuple[int, ...] = ()
+            if self.in_place and lowering.in_place is not None and buffer.kind == "workspace":
+                candidates = tuple(lowering.in_place(node.attrs, [v.layout for v in operands], types, t))
             self.steps.append(Step(node.op, lowering, dict(node.attrs), out, operands, scratch,
-                                   f"%{node_id} {node.op}{_at(node.loc)}"))
+                                   f"%{node_id} {node.op}{_at(node.loc)}", position, candidates))
             values[node_id] = out
         end = len(order)
         for slot, node_id in enumerate(graph.outputs):
@@ -268,6 +290,8 @@ class GraphEmitter:
                 continue
             value.buffer.last = max(value.buffer.last, end)
             self.copies.append((slot, value))
+        if self.in_place:  # every buffer's last reader is known only now
+            self.in_place_steps = memplan.share_in_place(self.steps)
         self.workspace_bytes = memplan.assign_offsets(workspace)
 
     # ---- emission
@@ -336,6 +360,7 @@ class GraphEmitter:
 
 
 CHUNK = 256  # calls per function
+IN_PLACE = True  # the default for GraphEmitter(in_place=None); tests compare both
 
 
 def _entry_function(module: ir.Module, name: str, linkage: str) -> ir.Function:

@@ -156,10 +156,22 @@ def emit_elementwise(ctx: KernelCtx) -> None:
         ctx.store(out, offsets[0], rule(sc, *values))
 
 
+def elementwise_in_place(attrs: dict, layouts: Sequence[Layout], types: Sequence[Any], result: Any) -> tuple[int, ...]:
+    """Operands read at the result's own index (same shape: not broadcast) with its element
+    size. The loop body loads every operand of an element before its one store there, so
+    `out` may be such an operand's buffer; a broadcast operand would be read again after
+    its element was overwritten."""
+    size = np.dtype(result.dtype).itemsize
+    return tuple(i for i, t in enumerate(types)
+                 if tuple(t.shape) == tuple(result.shape) and np.dtype(t.dtype).itemsize == size)
+
+
 def _register_elementwise() -> None:
     for name in SCALAR_OPS:
-        if name not in ("stop_gradient",):
+        if name == "copy":  # only ever copies into an output buffer: nothing to share
             register(Lowering(name, emit=emit_elementwise))
+        elif name != "stop_gradient":
+            register(Lowering(name, emit=emit_elementwise, in_place=elementwise_in_place))
 
 
 _register_elementwise()
@@ -256,4 +268,5 @@ def normalize_index(ctx: KernelCtx, raw: ir.Value, n: int) -> ir.Value:
     return b.select(b.icmp_signed(">", i, const(n - 1)), const(max(n - 1, 0)), i)
 
 
-__all__ = ["LOWERINGS", "Lowering", "KernelCtx", "Operand", "register", "contiguous_strides", "broadcast_strides"]
+__all__ = ["LOWERINGS", "Lowering", "KernelCtx", "Operand", "register", "contiguous_strides", "broadcast_strides",
+           "elementwise_in_place"]

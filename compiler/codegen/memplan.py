@@ -12,12 +12,32 @@ workspace and fewer gaps to scan. Scanning gaps, not live buffers, keeps plannin
 near-linear even when hundreds of activations stay live through a backward pass.
 
 Ops inside a `fusion` are not values of the graph, so they get no buffers at all.
+
+In-place execution (`share_in_place`, run before offsets are assigned): a step whose
+lowering lists an operand in `Lowering.in_place` writes its result over that operand's
+buffer when all of these hold, so a chain of elementwise ops (or a running sum) lives in
+one buffer instead of two at a time:
+- the operand's buffer is a workspace buffer (never an input, output or global constant);
+- this step is the buffer's last use: no later step reads it through any view, and no
+  output copy does (graph outputs that are copied out keep their buffer to the end);
+- the operand is read through a layout covering the whole buffer exactly as the result
+  is written (same shape, contiguous, offset 0, same element size and byte size), and
+  every other operand reading that buffer in this step reads it the same way (a
+  transposed or broadcast reader of the dying buffer blocks it: it would read elements
+  the kernel has already overwritten).
+The result buffer then `shares` the operand's buffer (its root, for chains), whose
+lifetime grows to cover the result's. The step records which operands alias `out`
+(`aliased`): their kernels are built without `noalias` on `out` (the other operands get
+it instead) and read those operands through the `out` pointer itself, so LLVM sees a
+distance-0 dependence it can vectorize rather than two pointers it must check at run time.
 """
 from __future__ import annotations
 
 import bisect
 import heapq
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
+
+import numpy as np
 
 ALIGNMENT = 64
 
@@ -86,11 +106,15 @@ class _Arena:
 
 
 def assign_offsets(buffers: Sequence[Planned]) -> int:
-    """Set each buffer's `offset`; return the workspace size in bytes."""
+    """Set each buffer's `offset`; return the workspace size in bytes.
+
+    A buffer whose `shares` attribute names another buffer (an in-place result) is not
+    placed itself: it takes that buffer's offset."""
     arena = _Arena()
     expiry: list[tuple[int, int, int, int]] = []  # (last, serial, offset, size)
-    ordered = sorted((b for b in buffers if b.nbytes > 0), key=lambda b: b.first)
-    for b in buffers:
+    owners = [b for b in buffers if getattr(b, "shares", None) is None]
+    ordered = sorted((b for b in owners if b.nbytes > 0), key=lambda b: b.first)
+    for b in owners:
         if b.nbytes <= 0:
             b.offset = 0
     for serial, buf in enumerate(ordered):
@@ -100,4 +124,46 @@ def assign_offsets(buffers: Sequence[Planned]) -> int:
         size = align(buf.nbytes)
         buf.offset = arena.allocate(size)
         heapq.heappush(expiry, (max(buf.last, buf.first), serial, buf.offset, size))
+    for b in buffers:
+        shared = getattr(b, "shares", None)
+        if shared is not None:
+            b.offset = shared.offset
     return arena.peak
+
+
+def _covers(value: Any, out: Any) -> bool:
+    """`value` reads its whole buffer element for element where `out` writes its own."""
+    layout, result = value.layout, out.layout
+    return (layout.shape == result.shape and layout.offset == 0 and layout.is_contiguous()
+            and np.dtype(value.dtype).itemsize == np.dtype(out.dtype).itemsize
+            and value.buffer.nbytes == out.buffer.nbytes)
+
+
+def share_in_place(steps: Sequence[Any]) -> int:
+    """Let steps write their results over dying operands (rules: module docstring).
+
+    `steps` are emit.Step objects in execution order, each with `position`, `candidates`
+    (the operand indices its lowering allows), `out` and `ins` (Values: buffer, layout,
+    dtype); buffers carry `kind`, `nbytes`, `last` (final: every reader and output copy
+    counted) and `shares`. Sets `out.buffer.shares` and `step.aliased`; returns how many
+    steps run in place."""
+    count = 0
+    for step in steps:
+        out = step.out
+        if not step.candidates or out.buffer.kind != "workspace" or out.buffer.nbytes <= 0:
+            continue
+        for index in step.candidates:
+            value = step.ins[index]
+            buffer = value.buffer
+            if buffer.kind != "workspace" or buffer.last != step.position or not _covers(value, out):
+                continue
+            readers = [j for j, v in enumerate(step.ins) if v.buffer is buffer]
+            if any(not _covers(step.ins[j], out) for j in readers):
+                continue  # another view of the dying buffer would read overwritten elements
+            root = buffer.shares if buffer.shares is not None else buffer
+            out.buffer.shares = root
+            root.last = max(root.last, out.buffer.last)
+            step.aliased = tuple(readers)
+            count += 1
+            break
+    return count

@@ -49,6 +49,9 @@ CHEAP = frozenset({"neg", "relu", "abs", "sign", "square", "add", "sub", "mul", 
                    "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not",
                    "where", "cast", "stop_gradient", "add_n"})
 MAX_COPIES = 4  # at most this many groups compute one cheap value
+SUMS = ("add", "add_n")
+SOURCES = ("input", "full", "constant")
+RUNNING_SUM_MIN_BYTES = 4096  # partial sums at least this big stay buffers (see _running_sum)
 
 
 def find_groups(graph: Graph) -> list[Group]:
@@ -66,6 +69,7 @@ def find_groups(graph: Graph) -> list[Group]:
     # Readers come before producers in reverse topological order, so when a value is
     # decided, so is every reader: inlined (computed inside its readers' groups) or a root.
     inlined: dict[int, frozenset[int]] = {}  # value -> the roots of the groups that compute it
+    position = {node_id: i for i, node_id in enumerate(order)}
     for node_id in reversed(order):
         node = graph.node(node_id)
         users = succ[node_id]
@@ -77,6 +81,8 @@ def find_groups(graph: Graph) -> list[Group]:
             if elementwise(unode.op):
                 if unode.type.shape != node.type.shape:
                     break  # read with broadcasting: each element would be computed many times
+                if _running_sum(graph, node_id, node, unode, position, inlined):
+                    break
             elif unode.op not in REDUCTIONS:
                 break  # read by an op that is not fused: it must be materialized
             roots.update(inlined.get(user, (user,)))
@@ -93,6 +99,23 @@ def find_groups(graph: Graph) -> list[Group]:
             kind = "reduce" if graph.node(root).op in REDUCTIONS else "loop"
             groups.append(Group(root, kind, members[root]))
     return groups
+
+
+def _running_sum(graph: Graph, node_id: int, node: Any, reader: Any, position: dict[int, int],
+                 inlined: dict[int, frozenset[int]]) -> bool:
+    """Is `node` a partial sum that must stay a buffer of its own?
+
+    The accumulate pass adds the pieces of a gradient as they are produced. Inlining the
+    partial sum into the next addition when that addition also reads a value computed
+    LATER would move every earlier piece's last use to the end of the chain: all T pieces
+    of a tied weight's gradient would be alive at once (49 MiB for a T=512 RNN instead of
+    5 MiB). Small sums (bias gradients) are cheaper to fuse than to store.
+    """
+    if node.op not in SUMS or reader.op not in SUMS or node.type.nbytes < RUNNING_SUM_MIN_BYTES:
+        return False
+    here = position[node_id]
+    return any(position[w] > here and w not in inlined and graph.node(w).op not in SOURCES
+               for w in reader.operands)
 
 
 def _plan(graph: Graph, group: Group) -> tuple[list[tuple[str, int]], dict[int, int], list[int]]:
