@@ -50,6 +50,15 @@ so results are bitwise those of the serial kernel whatever the thread count. The
 min(OMP_NUM_THREADS or the CPU count, compiled-for threads, chunks) threads;
 PULLBACK_THREADS=1 or compile(..., parallel=False) compiles serial code.
 
+Epilogues (a "matmul" fusion, fused.py): elementwise work on the product runs inside the
+kernel. The micro-kernel of the last K block stores its tile, then runs the epilogue over
+the tile (a loop nest LLVM vectorizes, C hot in L1) and stores the result in place of
+the product; the first K block may start C from an accumulator operand instead of zeros
+(beta = 1), read tile by tile before the tile is stored, so `out` may be that operand's
+buffer. Dot products apply it to each sum before their one store. The operands travel as
+extra pointer arguments, offset with the tiles, the K/N blocks and the threads' chunks;
+middle K blocks reuse the plain product's micro-kernels.
+
 PULLBACK_NAIVE_MATMUL=1 in the environment selects the old loop nest (for before/after
 measurements). The compile cache does not see the variable: use PULLBACK_NO_CACHE=1 (or
 compile(..., cache=False)) when switching it.
@@ -67,7 +76,7 @@ from llvmlite import ir
 
 from compiler.codegen import parallel, target
 from compiler.codegen.loops import I32, I64, I8, Layout, const, for_range, nest, simplify
-from compiler.codegen.lower import KernelCtx
+from compiler.codegen.lower import KernelCtx, Operand
 from compiler.codegen.scalar import ITEMSIZE, LLVM_TYPES
 
 PTR = ir.PointerType()
@@ -183,6 +192,24 @@ class Batched:
     a_strides: tuple[int, ...]
     b_strides: tuple[int, ...]
     swapped: bool = False  # the problem computes C^T = B^T @ A^T (A is the op's b operand)
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """Elementwise work applied to each finished tile of C (a "matmul" fusion, fused.py).
+
+    apply(builder, c, load, initialized) returns the output element for C's element c, where
+    load(k) is operand k's element at the same row and column, and `initialized` says
+    whether C started from operand `init` (beta = 1: the add of that accumulator is then
+    already in c). Operands are extra pointer arguments, `strides` (row, column) in
+    elements over the op's output; `tag` names this epilogue's functions (one per kernel).
+    """
+
+    tag: str
+    dtypes: tuple[str, ...]
+    strides: tuple[tuple[int, int], ...]
+    apply: Callable[[ir.IRBuilder, ir.Value, Callable[[int], ir.Value], bool], ir.Value]
+    init: int | None = None
 
 
 def _broadcast(layout: Layout, shape: Sequence[int]) -> tuple[int, ...]:
@@ -380,13 +407,20 @@ def _k_loop(b: ir.IRBuilder, trips: int, acc: list, step: Callable) -> list:
 
 
 class Generator:
-    """Emits the product's functions into one module (each variant once, by name)."""
+    """Emits the product's functions into one module (each variant once, by name).
 
-    def __init__(self, module: ir.Module, p: Problem, pl: Plan) -> None:
+    With an epilogue, `es` are its operands' (row, column) strides over this problem's C
+    (transposed when the problem computes C^T). Functions that read the operands take
+    them as extra arguments at the tile's corner; the others are the plain product's."""
+
+    def __init__(self, module: ir.Module, p: Problem, pl: Plan, epi: Epilogue | None = None,
+                 es: tuple[tuple[int, int], ...] = ()) -> None:
         self.module, self.p, self.pl = module, p, pl
         self.t = LLVM_TYPES[p.dtype]
         self.size = ITEMSIZE[p.dtype]
         self.suffix = f"v{pl.vl}{'f32' if p.dtype == 'float32' else 'f64'}"
+        self.epi, self.es = epi, es
+        self.ne = len(es) if epi is not None else 0
 
     # ---- small helpers
     def _declare(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
@@ -395,16 +429,73 @@ class Generator:
             return existing
         return ir.Function(self.module, ir.FunctionType(ret, args), name=name)
 
-    def _function(self, name: str, nargs: int) -> tuple[ir.Function, bool]:
+    def _function(self, name: str, nargs: int, epilogue: bool = False) -> tuple[ir.Function, bool]:
+        """An internal function of `nargs` pointers, then the epilogue's operands if `epilogue`."""
         existing = self.module.globals.get(name)
         if existing is not None:
             return existing, False
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * nargs), name=name)
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (nargs + (self.ne if epilogue else 0))),
+                         name=name)
         fn.linkage = "internal"
         fn.attributes.add("nounwind")
-        for arg in fn.args:
-            arg.add_attribute("noalias")
+        # C and the accumulator may be one buffer (in-place accumulation): neither is
+        # noalias where both are arguments; the other operands are only ever read
+        init = self.epi.init if epilogue and self.epi is not None else None
+        for index, arg in enumerate(fn.args):
+            if init is None or index not in (2, nargs + init):
+                arg.add_attribute("noalias")
         return fn, True
+
+    def _tag(self, epilogue: bool) -> str:
+        return f".{self.epi.tag}" if epilogue and self.epi is not None else ""
+
+    def _at(self, b: ir.IRBuilder, es: Sequence[ir.Value], row: ir.Value | int, col: ir.Value | int,
+            row_scale: int = 1, col_scale: int = 1, row_base: int = 0, col_base: int = 0) -> list[ir.Value]:
+        """The epilogue operands moved by (row_base + row * row_scale, col_base + col * col_scale) elements of C."""
+        moved = []
+        for k, (e, (rs, cs)) in enumerate(zip(es, self.es)):
+            offset = _lin(b, row_base * rs + col_base * cs, (row, row_scale * rs), (col, col_scale * cs))
+            moved.append(self._gep_typed(b, e, offset, self.epi.dtypes[k]))
+        return moved
+
+    @staticmethod
+    def _gep_typed(b: ir.IRBuilder, ptr: ir.Value, offset: ir.Value, dtype: str) -> ir.Value:
+        if isinstance(offset, ir.Constant) and offset.constant == 0:
+            return ptr
+        return b.gep(ptr, [offset], inbounds=True, source_etype=LLVM_TYPES[dtype])
+
+    def _finish(self, b: ir.IRBuilder, c: ir.Value, es: Sequence[ir.Value], rows: int, width: int,
+                initialized: bool) -> None:
+        """C[rows, width] (stored) -> the epilogue's output, element by element: a loop
+        nest over the tile that LLVM vectorizes like any elementwise loop."""
+        epi, p = self.epi, self.p
+        with nest(b, (rows, width), [(p.ldc, 1)] + list(self.es)) as offsets:
+            ptr = self.gep(b, c, offsets[0])
+
+            def load(k: int) -> ir.Value:
+                dtype = epi.dtypes[k]
+                return b.load(self._gep_typed(b, es[k], offsets[1 + k], dtype), typ=LLVM_TYPES[dtype])
+
+            b.store(epi.apply(b, b.load(ptr, typ=self.t), load, initialized), ptr)
+
+    def _init_tile(self, b: ir.IRBuilder, e: ir.Value, rows: int, vectors: list[tuple[int, int]]) -> list:
+        """The accumulator's tile as C's first value (beta = 1), lanes past the edge zero."""
+        rs, cs = self.es[self.epi.init]
+        out = []
+        for i in range(rows):
+            row = []
+            for v, (lanes, w) in enumerate(vectors):
+                base = self.gep(b, e, i * rs + v * self.pl.vl * cs)
+                if cs == 1:
+                    row.append(self.vload(b, base, lanes, w))
+                    continue
+                vec = self.zeros(w)
+                for lane in range(lanes):
+                    x = b.load(self.gep(b, base, lane * cs), typ=self.t, align=self.size)
+                    vec = b.insert_element(vec, x, ir.Constant(I32, lane))
+                row.append(vec)
+            out.append(row)
+        return out
 
     def gep(self, b: ir.IRBuilder, ptr: ir.Value, offset: ir.Value | int) -> ir.Value:
         if isinstance(offset, int):
@@ -472,26 +563,34 @@ class Generator:
         return out
 
     # ---- the micro-kernel
-    def ukernel(self, mr: int, width: int, kc: int, accumulate: bool) -> ir.Function:
-        """C[mr, width] (+)= A[mr, kc] @ B[kc, width]: args (a, b, c) at the tile's corner."""
+    def ukernel(self, mr: int, width: int, kc: int, accumulate: bool, init: bool = False,
+                finish: bool = False) -> ir.Function:
+        """C[mr, width] (+)= A[mr, kc] @ B[kc, width]: args (a, b, c) at the tile's corner, then
+        the epilogue's operands there if C starts from the accumulator (`init`, instead of
+        zeros) or this is the last K block (`finish`: the epilogue runs on the tile)."""
         p, pl = self.p, self.pl
         vectors = self._vectors(width)
         nv = len(vectors)
         b_ks = pl.nr if pl.pack_b else p.b_rs
+        extra = init or finish
         name = (f"mm.uk.{self.suffix}.{mr}x{width}.k{kc}.a{p.a_rs}_{p.a_cs}.b{b_ks}{'p' if pl.pack_b else ''}"
-                f".c{p.ldc}{'.acc' if accumulate else ''}")
-        fn, new = self._function(name, 3)
+                f".c{p.ldc}{'.acc' if accumulate else ''}{'.init' if init else ''}{'.fin' if finish else ''}"
+                f"{self._tag(extra)}")
+        fn, new = self._function(name, 3, extra)
         if not new:
             return fn
         fn.attributes.add("noinline")
-        a, bp, c = fn.args
+        a, bp, c, *es = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         widths = [w for _, w in vectors]
         lanes = [n for n, _ in vectors]
         b_lanes = widths if pl.pack_b else lanes  # packed slivers are zero-padded to NR
         c_ptrs = [[self.gep(b, c, i * p.ldc + v * pl.vl) for v in range(nv)] for i in range(mr)]
-        acc = [[self.vload(b, c_ptrs[i][v], lanes[v], widths[v]) if accumulate else self.zeros(widths[v])
-                for v in range(nv)] for i in range(mr)]
+        if init:
+            acc = self._init_tile(b, es[self.epi.init], mr, vectors)
+        else:
+            acc = [[self.vload(b, c_ptrs[i][v], lanes[v], widths[v]) if accumulate else self.zeros(widths[v])
+                    for v in range(nv)] for i in range(mr)]
 
         def step(acc: list, k: ir.Value | int) -> list:
             b_row = self.gep(b, bp, _lin(b, 0, (k, b_ks)))
@@ -508,6 +607,8 @@ class Generator:
         for i in range(mr):
             for v in range(nv):
                 self.vstore(b, acc[i][v], c_ptrs[i][v], lanes[v])
+        if finish:
+            self._finish(b, c, es, mr, width, self.epi.init is not None)
         b.ret_void()
         return fn
 
@@ -582,33 +683,38 @@ class Generator:
 
     # ---- dot products (N = 1)
     def gemv(self) -> ir.Function:
-        """C[i] = A[i, :] . B[:, 0], A's rows and B contiguous: args (a, b, c, scratch)."""
+        """C[i] = A[i, :] . B[:, 0], A's rows and B contiguous: args (a, b, c, scratch), then
+        the epilogue's operands."""
         p, pl = self.p, self.pl
-        name = f"mm.gemv.{self.suffix}.{p.m}x{p.k}.a{p.a_rs}.c{p.ldc}"
-        fn, new = self._function(name, 4)
+        epi = self.epi is not None
+        name = f"mm.gemv.{self.suffix}.{p.m}x{p.k}.a{p.a_rs}.c{p.ldc}{self._tag(epi)}"
+        fn, new = self._function(name, 4, epi)
         if not new:
             return fn
-        a, bv, c, _ = fn.args
+        a, bv, c, _, *es = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         full, rem = divmod(p.m, pl.mr)
         for base, rows, count in ([(0, pl.mr, full)] if full else []) + ([(full * pl.mr, rem, 1)] if rem else []):
             kernel = self._dots(rows)
             with _loop(b, count, "ir") as i:
                 b.call(kernel, [self.gep(b, a, _lin(b, base * p.a_rs, (i, pl.mr * p.a_rs))), bv,
-                                self.gep(b, c, _lin(b, base * p.ldc, (i, pl.mr * p.ldc)))])
+                                self.gep(b, c, _lin(b, base * p.ldc, (i, pl.mr * p.ldc)))]
+                       + self._at(b, es, i, 0, row_scale=pl.mr, row_base=base))
         b.ret_void()
         return fn
 
     def _dots(self, rows: int) -> ir.Function:
-        """`rows` dot products of length K: vector partial sums, then a fixed shuffle tree."""
+        """`rows` dot products of length K: vector partial sums, then a fixed shuffle tree;
+        the epilogue (if any) on each sum before its one store."""
         p, pl = self.p, self.pl
         vl, nv = pl.vl, pl.nv
-        name = f"mm.dot.{self.suffix}.{rows}x{p.k}.a{p.a_rs}.c{p.ldc}"
-        fn, new = self._function(name, 3)
+        epi = self.epi is not None
+        name = f"mm.dot.{self.suffix}.{rows}x{p.k}.a{p.a_rs}.c{p.ldc}{self._tag(epi)}"
+        fn, new = self._function(name, 3, epi)
         if not new:
             return fn
         fn.attributes.add("noinline")
-        a, bv, c = fn.args
+        a, bv, c, *es = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
 
         def step(acc: list, k: ir.Value | int, lanes: Sequence[int] = (vl,) * nv) -> list:
@@ -632,33 +738,44 @@ class Generator:
                 lo = b.shuffle_vector(total, total, _indices(range(w)))
                 hi = b.shuffle_vector(total, total, _indices(range(w, 2 * w)))
                 total = b.fadd(lo, hi)
-            b.store(b.extract_element(total, ir.Constant(I32, 0)), self.gep(b, c, r * p.ldc), align=self.size)
+            value = b.extract_element(total, ir.Constant(I32, 0))
+            if epi:  # the dot product is the whole sum: the accumulator, if any, is added here
+                here = self._at(b, es, r, 0)
+                value = self.epi.apply(b, value, lambda k: b.load(here[k], typ=LLVM_TYPES[self.epi.dtypes[k]]), False)
+            b.store(value, self.gep(b, c, r * p.ldc), align=self.size)
         b.ret_void()
         return fn
 
     # ---- the 2-D product
     def gemm(self) -> ir.Function:
-        """The whole 2-D product: args (a, b, c, scratch)."""
+        """The whole 2-D product: args (a, b, c, scratch), then the epilogue's operands."""
         p, pl = self.p, self.pl
+        epi = self.epi is not None
         name = (f"mm.gemm.{self.suffix}.{p.m}x{p.k}x{p.n}.a{p.a_rs}_{p.a_cs}.b{p.b_rs}_{p.b_cs}.c{p.ldc}"
-                f".{pl.mr}x{pl.nv}.kc{pl.kc}.nc{pl.nc}{'.p' if pl.pack_b else ''}")
-        fn, new = self._function(name, 4)
+                f".{pl.mr}x{pl.nv}.kc{pl.kc}.nc{pl.nc}{'.p' if pl.pack_b else ''}{self._tag(epi)}")
+        fn, new = self._function(name, 4, epi)
         if not new:
             return fn
-        a, bm, c, scratch = fn.args
+        a, bm, c, scratch, *es = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         kc, nc = pl.kc, pl.nc
         nk, k_last = divmod(p.k, kc)
-        k_groups = [(0, kc, 1, False)] if nk else []
+        k_groups = [[0, kc, 1]] if nk else []
         if nk > 1:
-            k_groups.append((kc, kc, nk - 1, True))
+            k_groups.append([kc, kc, nk - 1])
         if k_last:
-            k_groups.append((nk * kc, k_last, 1, bool(nk)))
+            k_groups.append([nk * kc, k_last, 1])
+        if epi and k_groups[-1][2] > 1:  # the epilogue follows the last K block: its own group
+            base, depth, count = k_groups[-1]
+            k_groups[-1][2] = count - 1
+            k_groups.append([base + (count - 1) * depth, depth, 1])
         nn, n_last = divmod(p.n, nc)
         n_groups = [(0, nc, nn)] if nn else []
         if n_last:
             n_groups.append((nn * nc, n_last, 1))
-        for k_base, depth, k_count, accumulate in k_groups:
+        for number, (k_base, depth, k_count) in enumerate(k_groups):
+            init = epi and number == 0 and self.epi.init is not None
+            finish = epi and number == len(k_groups) - 1
             with _loop(b, k_count, "pc") as pc:
                 k0 = _lin(b, k_base, (pc, kc))
                 for n_base, width, n_count in n_groups:
@@ -672,12 +789,13 @@ class Generator:
                             b_panel = b_src
                         a_panel = self.gep(b, a, _lin(b, 0, (k0, p.a_cs)))
                         c_panel = self.gep(b, c, j0)
-                        self._tiles(b, a_panel, b_panel, c_panel, depth, width, accumulate)
+                        e_panel = self._at(b, es, 0, j0) if init or finish else []
+                        self._tiles(b, a_panel, b_panel, c_panel, depth, width, number > 0, init, finish, e_panel)
         b.ret_void()
         return fn
 
     def _tiles(self, b: ir.IRBuilder, a: ir.Value, bp: ir.Value, c: ir.Value, kc: int, nc: int,
-               accumulate: bool) -> None:
+               accumulate: bool, init: bool = False, finish: bool = False, es: Sequence[ir.Value] = ()) -> None:
         p, pl = self.p, self.pl
         mr, nr = pl.mr, pl.nr
         m_full, m_rem = divmod(p.m, mr)
@@ -693,31 +811,39 @@ class Generator:
             with _loop(b, m_count, "ir") as i:
                 a_tile = self.gep(b, a, _lin(b, m_base * p.a_rs, (i, mr * p.a_rs)))
                 c_row = self.gep(b, c, _lin(b, m_base * p.ldc, (i, mr * p.ldc)))
+                e_row = self._at(b, es, i, 0, row_scale=mr, row_base=m_base) if es else []
                 for n_base, width, n_count in col_groups:
-                    kernel = self.ukernel(rows, width, kc, accumulate)
+                    kernel = self.ukernel(rows, width, kc, accumulate, init, finish)
                     with _loop(b, n_count, "jr") as j:
                         s = n_base // nr
+                        e_tile = self._at(b, e_row, 0, j, col_scale=nr, col_base=n_base) if es else []
                         b.call(kernel, [a_tile, self.gep(b, bp, _lin(b, s * sliver, (j, sliver))),
-                                        self.gep(b, c_row, _lin(b, s * nr, (j, nr)))])
+                                        self.gep(b, c_row, _lin(b, s * nr, (j, nr)))] + e_tile)
 
 
-def parallel_product(module: ir.Module, p: Problem, pl: Plan, sp: Split) -> ir.Function:
-    """(a, b, c, scratch) -> the product, its chunks run by a libgomp team; the thread with
-    id t packs B into scratch slice t."""
+def parallel_product(module: ir.Module, p: Problem, pl: Plan, sp: Split, epi: Epilogue | None = None,
+                     es: tuple[tuple[int, int], ...] = ()) -> ir.Function:
+    """(a, b, c, scratch, epilogue operands...) -> the product, its chunks run by a libgomp
+    team; the thread with id t packs B into scratch slice t."""
     full = sp.chunks if sp.last == sp.size else sp.chunks - 1
-    gens = [Generator(module, sp.problem(p, w), sp.plan(pl, w)) for w in (sp.size, sp.last)]
+    gens = [Generator(module, sp.problem(p, w), sp.plan(pl, w), epi, es) for w in (sp.size, sp.last)]
     regular, last = [g.gemv() if pl.gemv else g.gemm() for g in gens]
     per_thread = _thread_scratch(p, pl, sp)
-    steps = sp.steps(p)
+    steps = list(sp.steps(p)) + [sp.size * (rs if sp.axis == "m" else cs) for rs, cs in es]
     gen = gens[0]
+    ne = gen.ne
 
     def chunk(b: ir.IRBuilder, args: list, tid: ir.Value, index: ir.Value) -> None:
-        a, bm, c, scratch = args
+        a, bm, c, scratch, *rest = args
         if per_thread:
             scratch = b.gep(scratch, [_lin(b, 0, (b.sext(tid, I64), per_thread))], inbounds=True, source_etype=I8)
+        moved = [a, bm, c] + rest
+        dtypes = [p.dtype] * 3 + list(epi.dtypes if epi is not None else ())
 
         def call(fn: ir.Function) -> None:
-            b.call(fn, [gen.gep(b, ptr, _lin(b, 0, (index, step))) for ptr, step in zip((a, bm, c), steps)] + [scratch])
+            ptrs = [gen._gep_typed(b, ptr, _lin(b, 0, (index, step)), dtype)
+                    for ptr, step, dtype in zip(moved, steps, dtypes)]
+            b.call(fn, ptrs[:3] + [scratch] + ptrs[3:])
 
         if full == sp.chunks:
             call(regular)
@@ -729,8 +855,8 @@ def parallel_product(module: ir.Module, p: Problem, pl: Plan, sp: Split) -> ir.F
                 call(last)
 
     name = (f"mm.par.{gen.suffix}.{p.m}x{p.k}x{p.n}.a{p.a_rs}_{p.a_cs}.b{p.b_rs}_{p.b_cs}.c{p.ldc}"
-            f".{sp.axis}{sp.size}x{sp.chunks}.t{_team(sp)}")
-    return parallel.region(module, name, 4, sp.chunks, _team(sp), chunk)
+            f".{sp.axis}{sp.size}x{sp.chunks}.t{_team(sp)}{gen._tag(True)}")
+    return parallel.region(module, name, 4 + ne, sp.chunks, _team(sp), chunk)
 
 
 def emit(ctx: KernelCtx) -> None:
@@ -739,27 +865,45 @@ def emit(ctx: KernelCtx) -> None:
     out = ctx.out
     if out.layout.size == 0:
         return
-    spec = describe(a.layout, bm.layout, out.shape, out.dtype)
-    p = spec.problem
-    if p.k == 0:
+    if describe(a.layout, bm.layout, out.shape, out.dtype).problem.k == 0:
         ctx.fill(out, ir.Constant(LLVM_TYPES[out.dtype], 0.0))
         return
+    emit_product(ctx, a, bm)
+
+
+def emit_product(ctx: KernelCtx, a: Operand, bm: Operand, epi: Epilogue | None = None,
+                 operands: Sequence[ir.Value] = ()) -> None:
+    """out = A @ B (K > 0, out not empty), then `epi` on every finished tile when given;
+    `operands` are the epilogue's pointers (out's shape and element order, by epi.strides)."""
+    out = ctx.out
+    spec = describe(a.layout, bm.layout, out.shape, out.dtype)
+    p = spec.problem
     pl = plan(p)
     sp = split(p, pl)
+    es: tuple[tuple[int, int], ...] = ()
+    if epi is not None:
+        if spec.batch:
+            raise ValueError("a matmul epilogue needs a 2-D product")
+        es = tuple((cs, rs) if spec.swapped else (rs, cs) for rs, cs in epi.strides)
     if sp is not None:
-        fn = parallel_product(ctx.b.module, p, pl, sp)
+        fn = parallel_product(ctx.b.module, p, pl, sp, epi, es)
     else:
-        gen = Generator(ctx.b.module, p, pl)
+        gen = Generator(ctx.b.module, p, pl, epi, es)
         fn = gen.gemv() if pl.gemv else gen.gemm()
     scratch = ctx.scratch if ctx.scratch is not None else ir.Constant(PTR, None)
     if spec.swapped:
         a, bm = bm, a
     if not spec.batch:
-        ctx.b.call(fn, [a.ptr, bm.ptr, out.ptr, scratch])
+        ctx.b.call(fn, [a.ptr, bm.ptr, out.ptr, scratch] + list(operands))
         return
     with nest(ctx.b, spec.batch, [spec.out_strides, spec.a_strides, spec.b_strides]) as (o, ao, bo):
         ctx.b.call(fn, [ctx.address(a, ao), ctx.address(bm, bo), ctx.address(out, o), scratch])
 
 
-__all__ = ["emit", "scratch_bytes", "supported", "naive", "plan", "describe", "split", "Problem", "Plan", "Split",
-           "TUNING"]
+__all__ = ["emit", "emit_product", "Epilogue", "scratch_bytes", "supported", "naive", "plan", "describe", "split",
+           "Problem", "Plan", "Split", "TUNING"]
+
+# The fusion lowering's planning rules (scratch, in_place) live in fused.py, which builds on
+# this module; codegen imports this module at start-up, so importing fused.py here puts
+# them in place before any graph is planned.
+from compiler.codegen import fused as _fused  # noqa: E402,F401

@@ -14,6 +14,7 @@ import compiler
 from compiler import Spec, ops
 from compiler.codegen import build, compile as compile_graph
 from compiler.codegen import matmul as mm
+from compiler.codegen.fused import matmul_parts
 from compiler.ops.tensor import apply
 
 RTOL = {"float32": 1e-5, "float64": 1e-12}
@@ -239,3 +240,197 @@ def test_other_vector_widths(monkeypatch, simd):
         r = run(lambda a, b, bt, at: (a @ b, a @ swap(bt), swap(at)[:, 1:] @ b[1:]), a, b, bt, at)
         for actual, (x, y) in zip(r, [(a, b), (a, bt.T), (at.T[:, 1:], b[1:])]):
             check_close(actual, x, y, dtype)
+
+
+# ---------------------------------------------------------------- epilogues (matmul fusions)
+# Each pattern reads its own weight (so no two products are merged by cse) as w or as a
+# transposed view of wt (the backward's g @ W^T: B packed from its columns).
+PATTERNS = {
+    "bias-relu": lambda x, w, b, acc, h: ops.relu(x @ w + b),
+    "bias-tanh": lambda x, w, b, acc, h: ops.tanh(x @ w + b),
+    "sigmoid-scaled": lambda x, w, b, acc, h: ops.sigmoid(x @ w) * 0.5 - 1.0,
+    "tanh-grad": lambda x, w, b, acc, h: (x @ w) * (1.0 - h * h),
+    "relu-grad": lambda x, w, b, acc, h: (x @ w) * ops.cast(h > 0.0, h.dtype),
+    "accumulate": lambda x, w, b, acc, h: acc + x @ w,
+    "accumulate-tanh": lambda x, w, b, acc, h: ops.tanh((x @ w + acc) + b),
+}
+ACCUMULATING = ("accumulate", "accumulate-tanh")  # C starts from acc: rounding differs from unfused
+EPILOGUE_SHAPES = [(1, 1, 1), (7, 13, 5), (1, 9, 17), (17, 9, 1), (5, 1, 7), (13, 31, 49), (33, 40, 48),
+                   (5, 40, 1), (1, 40, 7), (33, 100, 1), (1, 70, 1), (2, 50, 70), (20, 1100, 300)]
+
+
+def _pattern_graph(m, k, n, dtype, transposed):
+    names = list(PATTERNS)
+
+    def all_patterns(x, b, acc, h, *ws):
+        return tuple(PATTERNS[p](x, swap(w) if transposed else w, b, acc, h) for p, w in zip(names, ws))
+
+    wshape = (n, k) if transposed else (k, n)
+    args = [normal((m, k), dtype, 0), normal((n,), dtype, 1), normal((m, n), dtype, 2), normal((m, n), dtype, 3)]
+    args += [normal(wshape, dtype, 10 + i) for i in range(len(names))]
+    return compiler.trace(all_patterns, *args, name="patterns"), args
+
+
+def _tolerance(x, w, h, dtype):
+    """Normwise, as check_close: the product's error bound (times the largest factor an
+    epilogue multiplies it by, 1 - h^2), plus the epilogue's own few ulps."""
+    scale = np.matmul(np.abs(x.astype(np.float64)), np.abs(w.astype(np.float64))).max(initial=0.0)
+    factor = max(1.0, float(np.abs(1.0 - h.astype(np.float64) ** 2).max(initial=0.0)))
+    return dict(rtol=8 * RTOL[dtype], atol=RTOL[dtype] * scale * factor)
+
+
+def _without_epilogue(monkeypatch):
+    from compiler.pipeline import PIPELINES
+
+    monkeypatch.setitem(PIPELINES, 2, [p for p in PIPELINES[2] if p.name != "epilogue"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transposed", [False, True], ids=["w", "wT"])
+def test_epilogues_equal_the_interpreter_and_the_unfused_kernels(dtype, transposed, monkeypatch):
+    """Every pattern at every edge shape: masked tiles, M or N = 1 (dot products), one and
+    several K and N blocks. The tiles' epilogue is the loop fusion's scalar code on the
+    same product, so it is bitwise the unfused result, except where C starts from acc."""
+    for m, k, n in EPILOGUE_SHAPES:
+        graph, args = _pattern_graph(m, k, n, dtype, transposed)
+        optimized = build(graph, 2).graph
+        kinds = [node.attrs["kind"] for _, node in optimized.nodes() if node.op == "fusion"]
+        assert kinds == ["matmul"] * len(PATTERNS)
+        fused = compile_graph(graph, cache=False)(*args)
+        expected = compiler.evaluate(graph, *args)
+        with monkeypatch.context() as patch:
+            _without_epilogue(patch)
+            unfused = compile_graph(graph, cache=False)(*args)
+        for name, f, u, e, w in zip(PATTERNS, fused, unfused, expected, args[4:], strict=True):
+            what = f"{name} at {(m, k, n)}"
+            tol = _tolerance(args[0], w.T if transposed else w, args[3], dtype)
+            np.testing.assert_allclose(f, e, **tol, err_msg=what)
+            if name in ACCUMULATING:
+                np.testing.assert_allclose(f, u, **tol, err_msg=what)
+            else:
+                np.testing.assert_array_equal(f, u, err_msg=what)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_epilogues_at_other_vector_widths_and_packing(dtype, monkeypatch):
+    monkeypatch.setitem(mm.TUNING, "pack_b_min_m", 0)
+    monkeypatch.setattr(mm, "simd", lambda: (32, 16))
+    graph, args = _pattern_graph(13, 21, 11, dtype, False)
+    expected = compiler.evaluate(graph, *args)
+    for f, e, w in zip(compile_graph(graph, cache=False)(*args), expected, args[4:], strict=True):
+        np.testing.assert_allclose(f, e, **_tolerance(args[0], w, args[3], dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_epilogue_operands_in_any_layout(dtype):
+    """An accumulator that is a transposed view (C starts from a gather), a reversed strided
+    slice, a column broadcast along rows; tiles, several K blocks, dot products, a row
+    vector computed transposed (C^T = B^T A^T)."""
+    def f(x, w, acc_t, h, c):
+        return (swap(acc_t) + x @ w) * h[::-2] + c
+
+    for m, k, n in [(13, 21, 11), (20, 1100, 300), (33, 100, 1), (1, 70, 9)]:
+        args = [normal((m, k), dtype, 0), normal((k, n), dtype, 1), normal((n, m), dtype, 2),
+                normal((2 * m, n), dtype, 3), normal((m, 1), dtype, 4)]
+        graph = compiler.trace(f, *args)
+        (node,) = [n for _, n in build(graph, 2).graph.nodes() if n.op == "fusion"]
+        assert node.attrs["kind"] == "matmul" and matmul_parts(node.attrs["body"]).init is not None
+        x, w, acc_t, h, _ = args
+        tol = _tolerance(x, w, np.zeros_like(h), dtype)
+        tol["atol"] *= float(np.abs(h).max())
+        np.testing.assert_allclose(compile_graph(graph, cache=False)(*args), compiler.evaluate(graph, *args),
+                                   **tol, err_msg=str((m, k, n)))
+
+
+def test_epilogue_nan_and_inf_propagate():
+    x, w, b = normal((9, 21), "float32", 0), normal((21, 35), "float32", 1), normal((35,), "float32", 2)
+    x[2, 3], x[5, 0], w[4, 7] = np.nan, np.inf, -np.inf
+    got = run(lambda x, w, b: ops.relu(x @ w + b), x, w, b)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = np.maximum(x.astype(np.float64) @ w + b, 0.0)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_epilogues_in_parallel_are_bitwise_the_serial_ones(dtype, monkeypatch):
+    from compiler.codegen import parallel
+
+    monkeypatch.setenv(parallel.ENV, "2")
+    # rows split (B in place), columns split (B packed from a transposed view), dot products
+    shapes = [((96, 300), (300, 200), False), ((64, 256), (256, 256), True), ((2048, 600), (600, 1), False)]
+    for (m, k), (_, n), transposed in shapes:
+        graph, args = _pattern_graph(m, k, n, dtype, transposed)
+        par = compile_graph(graph, cache=False, parallel=True)
+        assert "GOMP_parallel" in build(graph, 2).ir_text
+        ser = compile_graph(graph, cache=False, parallel=False)
+        expected = compiler.evaluate(graph, *args)
+        for p, s, e, w in zip(par(*args), ser(*args), expected, args[4:], strict=True):
+            assert p.tobytes() == s.tobytes()
+            np.testing.assert_allclose(p, e, **_tolerance(args[0], w.T if transposed else w, args[3], dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_epilogues_under_the_naive_switch_and_at_k_0(dtype, monkeypatch):
+    """The loop-nest fallback: PULLBACK_NAIVE_MATMUL=1, and K = 0 (the product is zeros)."""
+    graph, args = _pattern_graph(7, 13, 5, dtype, True)
+    monkeypatch.setenv(mm.NAIVE_ENV, "1")
+    assert "mm.uk." not in build(graph, 2).ir_text
+    expected = compiler.evaluate(graph, *args)
+    for f, e, w in zip(compile_graph(graph, cache=False)(*args), expected, args[4:], strict=True):
+        np.testing.assert_allclose(f, e, **_tolerance(args[0], w.T, args[3], dtype))
+    monkeypatch.delenv(mm.NAIVE_ENV)
+    graph, args = _pattern_graph(4, 0, 3, dtype, False)
+    for f, e in zip(compile_graph(graph, cache=False)(*args), compiler.evaluate(graph, *args), strict=True):
+        np.testing.assert_allclose(f, e, rtol=4 * np.finfo(dtype).eps, atol=0)  # vecmath's ulps
+
+
+def test_integer_matmul_fusions_use_the_loop_nest():
+    """The pass joins float products only, but the op takes any numeric dtype."""
+    from compiler.ops.fusion import fusion
+
+    body = compiler.trace(lambda a, b, c: (a @ b) * 3 - c, Spec((3, 4), "int64"), Spec((4, 5), "int64"),
+                          Spec((5,), "int64"))
+    a, b, c = (np.arange(12).reshape(3, 4) - 5, np.arange(20).reshape(4, 5) % 7, np.arange(5))
+    got = run(lambda a, b, c: fusion(body, a, b, c, kind="matmul"), a, b, c)
+    np.testing.assert_array_equal(got, (a @ b) * 3 - c)
+
+
+# ---------------------------------------------------------------- in place (out aliasing the accumulator)
+def _in_place_steps(graph):
+    from compiler.codegen.emit import GraphEmitter, ModuleBuilder
+    from compiler.pipeline import optimize
+
+    emitter = GraphEmitter(ModuleBuilder("t"), optimize(graph, 2))
+    return [s for s in emitter.steps if s.op == "fusion" and s.attrs["kind"] == "matmul" and s.aliased]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mkn,threads", [((7, 13, 5), "1"), ((20, 1100, 300), "1"), ((96, 700, 200), "2"),
+                                         ((64, 900, 1), "1")], ids=["small", "k-blocks", "parallel", "gemv"])
+def test_accumulating_in_place(dtype, mkn, threads, monkeypatch):
+    """A running sum of products whose partial sums die where the next product adds on:
+    the planner writes each step over the previous one (the kernel reads acc through
+    `out` itself), in the tiled kernel, with several K blocks, in parallel, as dot
+    products and in the loop-nest fallback."""
+    from compiler.codegen import parallel
+
+    monkeypatch.setenv(parallel.ENV, threads)
+    m, k, n = mkn
+
+    def steps(x1, w1, x2, w2, x3, w3, b):
+        s = x1 @ w1 + x2 @ w2 + x3 @ w3  # a chain: the 2nd and 3rd products add onto the sum so far
+        a = ops.log_softmax(s, axis=1)  # (log_softmax: a kernel of its own, so the sums are workspace)
+        y = ops.tanh(a + x2 @ w1 + b)  # C starts from a, then more epilogue work
+        return ops.log_softmax(y, axis=1)
+
+    args = [normal(s, dtype, i) for i in range(3) for s in ((m, k), (k, n))] + [normal((n,), dtype, 9)]
+    graph = compiler.trace(steps, *args)
+    for naive in (False, True):
+        if naive:
+            monkeypatch.setenv(mm.NAIVE_ENV, "1")
+        assert len(_in_place_steps(graph)) == 3
+        got = compile_graph(graph, cache=False)(*args)
+        np.testing.assert_allclose(got, compiler.evaluate(graph, *args), rtol=8 * RTOL[dtype], atol=4 * k * RTOL[dtype])

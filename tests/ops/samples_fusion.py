@@ -1,9 +1,10 @@
 """Samples for `fusion` (compiler/ops/fusion.py): bodies are traced at call time so their
 input types follow the arguments' dtype (float64 for gradient checks, float32 compiled).
 
-The fuse pass builds these ops itself; the samples apply them directly so the generic
-tests check the shape rule, the reference (the body run by the interpreter), the VJP (the
-body differentiated and inlined) and the native kernel of both kinds.
+The fuse and epilogue passes build these ops themselves; the samples apply them directly
+so the generic tests check the shape rule, the reference (the body run by the
+interpreter), the VJP (the body differentiated and inlined) and the native kernel of
+every kind.
 
 They are marked differentiable=False only to stay out of the combined gradient graph of
 tests/codegen/test_samples.py: a sample added there shifts the random weights of every
@@ -52,6 +53,26 @@ def _min_ints(k):  # noqa: ANN001, ANN201
     return _fused(lambda k: ops.min(k * 3 - 1, axis=(0, 2)), "reduce", k)
 
 
+def _swap(x):  # noqa: ANN001, ANN202 - a transposed view outside the body, as the backward reads W^T
+    return ops.swapaxes(x, -1, -2)
+
+
+def _dense(x, w, b):  # noqa: ANN001, ANN201 - a layer: bias and activation applied to the product's tiles
+    return _fused(lambda x, w, b: ops.tanh(x @ w + b), "matmul", x, w, b)
+
+
+def _tanh_grad(g, w, h):  # noqa: ANN001, ANN201 - the backward's (g @ W^T) * (1 - h^2): a full-shape factor
+    return _fused(lambda g, wt, h: (g @ wt) * (1.0 - h * h), "matmul", g, _swap(w), h)
+
+
+def _accumulate(acc, x, g):  # noqa: ANN001, ANN201 - a running weight gradient: C starts from acc
+    return _fused(lambda acc, xt, g: acc + xt @ g, "matmul", acc, _swap(x), g)
+
+
+def _column(x, v, s):  # noqa: ANN001, ANN201 - N = 1 (dot products) with a scalar operand
+    return _fused(lambda x, v, s: ops.sigmoid(x @ v) * s, "matmul", x, v, s)
+
+
 def _sample(fn, args, name):  # noqa: ANN001, ANN202
     return Sample("fusion", fn, args, name=name, differentiable=False)
 
@@ -64,4 +85,12 @@ SAMPLES: list[Sample] = [
     _sample(_mean_keep, [rng(7).normal(size=(4, 6))], "reduce-mean-keepdims"),
     _sample(_max_all, [rng(8).normal(size=(3, 4)), rng(9).uniform(0.5, 1.5, size=(1, 4))], "reduce-max"),
     _sample(_min_ints, [rng(10).integers(-5, 5, size=(2, 3, 4)).astype(np.int32)], "reduce-min-int"),
+    _sample(_dense, [rng(11).normal(size=(5, 7)), rng(12).normal(size=(7, 6)) * 0.5, rng(13).normal(size=(6,))],
+            "matmul-bias-tanh"),
+    _sample(_tanh_grad, [rng(14).normal(size=(5, 6)), rng(15).normal(size=(7, 6)), rng(16).uniform(-1, 1, size=(5, 7))],
+            "matmul-tanh-grad"),
+    _sample(_accumulate, [rng(17).normal(size=(4, 6)), rng(18).normal(size=(3, 4)), rng(19).normal(size=(3, 6))],
+            "matmul-accumulate"),
+    _sample(_column, [rng(20).normal(size=(6, 9)), rng(21).normal(size=(9, 1)) * 0.5, np.array(1.5)],
+            "matmul-column"),
 ]
