@@ -2,9 +2,11 @@
 
     0: nothing
     1: dce, fold, simplify, cse, dce
-    2: level 1, then accumulate (add trees -> add_n), then fold, simplify, cse, dce again,
-       then fuse (elementwise chains and the reductions they feed -> `fusion` ops), last:
-       it hides its members from every other pass
+    2: level 1, then accumulate (add trees -> additions as the pieces arrive), then fold,
+       simplify, cse, dce again, then fuse (elementwise chains and the reductions they feed
+       -> `fusion` ops), epilogue (a matmul joins the fusion or op that alone reads it; sums
+       of products become accumulate chains) and siblings (reductions over a common input
+       share one loop): these three come last, they hide their members from every other pass
 
 `optimize` works on a copy: the caller's graph is never changed.
 """
@@ -22,7 +24,9 @@ from compiler.passes import (
     Pass,
     PassManager,
 )
+from compiler.passes.epilogue import Epilogue
 from compiler.passes.fuse import Fuse
+from compiler.passes.siblings import Siblings
 from compiler.passes.manager import gc_paused
 
 dce = DeadCodeElimination()
@@ -31,6 +35,8 @@ simplify = AlgebraicSimplification()
 cse = CommonSubexpressionElimination()
 accumulate = Accumulate()
 fuse = Fuse()
+epilogue = Epilogue()
+siblings = Siblings()
 
 PIPELINES: dict[int, list[Pass]] = {
     0: [],
@@ -38,7 +44,7 @@ PIPELINES: dict[int, list[Pass]] = {
     2: [dce, fold, simplify, cse, dce,
         accumulate,
         fold, simplify, cse, dce,
-        fuse],
+        fuse, epilogue, siblings],
 }
 
 

@@ -22,7 +22,7 @@ def test_opt_levels():
     assert passes_for(0) == []
     assert [p.name for p in passes_for(1)] == ["dce", "fold", "simplify", "cse", "dce"]
     assert [p.name for p in passes_for(2)] == ["dce", "fold", "simplify", "cse", "dce", "accumulate",
-                                               "fold", "simplify", "cse", "dce", "fuse"]
+                                               "fold", "simplify", "cse", "dce", "fuse", "epilogue", "siblings"]
     with pytest.raises(ValueError, match="opt_level must be one of"):
         passes_for(3)
 
@@ -53,21 +53,35 @@ def test_mlp_backward_graph():
     before, after = _ops(backward), _ops(optimized)
     assert len(optimized) < len(backward)
     assert after["broadcast_to"] == 0 and after["neg"] == 0 and after["div"] == 0  # folded into one constant
-    assert after["matmul"] == before["matmul"]  # nothing real is dropped
+    matmul_fusions = sum(1 for _, n in optimized.nodes() if n.op == "fusion" and n.attrs["kind"] == "matmul")
+    assert after["matmul"] + matmul_fusions == before["matmul"]  # nothing real is dropped
     assert after["full"] < before["full"]
 
 
-def test_rnn_tied_weights_get_one_accumulation_each():
+def _adds_onto_an_input(body):
+    out = body.node(body.outputs[0])
+    kinds = sorted(body.node(o).op for o in out.operands)
+    return out.op == "add" and kinds == ["input", "matmul"]
+
+
+def test_rnn_tied_weights_accumulate_as_pieces_arrive():
     T = 32
     model, backward = _model_and_grad("rnn")
     fan_in = Counter(n.loc for _, n in backward.nodes()
                      if n.op == "add" and (n.loc or "").startswith("fan-in of params."))
     assert fan_in == {f"fan-in of params.{p}": T - 1 for p in ("Wh", "Wx", "Wy", "b", "by")}
     optimized = optimize(backward)
-    for output in optimized.outputs:
+    # Weight gradients: each product after the first is added onto the running sum inside
+    # its matmul kernel (C starts from the accumulator), so no piece outlives its addition.
+    accumulating = [n for _, n in optimized.nodes() if n.op == "fusion" and n.attrs["kind"] == "matmul"
+                    and _adds_onto_an_input(n.attrs["body"])]
+    assert len(accumulating) == 3 * (T - 1)  # Wh, Wx, Wy
+    for output in optimized.outputs[1:]:
         node = optimized.node(output)
-        assert node.op == "add_n" and len(node.operands) == T and node.loc.startswith("fan-in of params.")
-    assert not [n for _, n in optimized.nodes() if (n.loc or "").startswith("fan-in of params.") and n.op == "add"]
+        if len(optimized.type(output).shape) == 2:
+            assert node.op == "fusion" and node.attrs["kind"] == "matmul"
+        else:  # the small bias gradients: one fused loop over all T pieces
+            assert node.op == "fusion" and node.attrs["kind"] == "loop" and len(node.operands) == T
     # Wh^T, Wy^T ... are transposed once, not once per step
     transposes = Counter(optimized.node(n.operands[0]).op for _, n in optimized.nodes() if n.op == "transpose")
     assert transposes["input"] == 2  # Wh and Wy

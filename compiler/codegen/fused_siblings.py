@@ -1,0 +1,54 @@
+"""The kernel of a "siblings" fusion (compiler/ops/fusion.py, compiler/passes/siblings.py):
+ONE loop nest over the common iteration shape accumulating k reductions.
+
+Each reduction accumulates into its own span of the 1-D result, seen as a contiguous
+array of its shape, through stride-0 reduced axes, exactly as fused.py's reduce kernel
+does (identity first; float sums carry `reassoc`; max/min propagate NaN; a mean divides
+by its count at the end). One Evaluator serves all k per element, so an operand element
+or a body value two reductions read is loaded or computed once: that is the point of
+grouping them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from compiler.codegen import scalar as S
+from compiler.codegen.fused import Evaluator, _identity, _reduced_strides, operand_loader
+from compiler.codegen.loops import Layout, const, nest
+from compiler.codegen.lower import KernelCtx, Operand, broadcast_strides
+from compiler.ir.graph import Graph
+from compiler.ops.fusion import iteration_shape, sibling_spans
+
+
+def emit_siblings(ctx: KernelCtx) -> None:
+    body: Graph = ctx.attrs["body"]
+    shape = iteration_shape(body, "siblings")
+    out = ctx.out
+    dtype = out.dtype
+    sc = S.Scalar(ctx.b, (dtype,), dtype, {})
+    reductions = [body.node(o) for o in body.outputs]
+    parts: list[Operand] = []
+    for node, (start, _) in zip(reductions, sibling_spans(body)):
+        part = Operand(ctx.address(out, const(start)), Layout.contiguous(node.type.shape), dtype)
+        ctx.fill(part, sc.const(_identity(node.op, dtype)))
+        parts.append(part)
+    if int(np.prod(shape, dtype=np.int64)):
+        flags = ("reassoc",) if S.is_float(dtype) else ()
+        strides = [_reduced_strides(shape, n.attrs["axes"], n.attrs["keepdims"]) for n in reductions]
+        strides += [broadcast_strides(o.layout, shape) for o in ctx.ins]
+        k = len(reductions)
+        with nest(ctx.b, shape, strides) as offsets:
+            evaluate = Evaluator(ctx.b, body, operand_loader(ctx, body, offsets[k:]))
+            for node, part, offset in zip(reductions, parts, offsets):
+                value = evaluate(node.operands[0])
+                acc = ctx.load(part, offset)
+                combine: Any = {"max": S.maximum, "min": S.minimum}.get(node.op)
+                result = S.add(sc, acc, value, flags=flags) if combine is None else combine(sc, acc, value)
+                ctx.store(part, offset, result)
+    for node, part in zip(reductions, parts):
+        if node.op == "mean" and part.layout.size:
+            count = int(np.prod([shape[a] for a in node.attrs["axes"]], dtype=np.int64))
+            with nest(ctx.b, part.shape, [part.strides]) as (o,):
+                ctx.store(part, o, ctx.b.fdiv(ctx.load(part, o), sc.const(count)))
