@@ -1,8 +1,10 @@
 """Accumulation: `add_n`, the sum of k operands of one shape and dtype.
 
-The optimizer's `accumulate` pass collapses a tree of binary `add`s (T fan-in additions
-of a tied weight's cotangent) into one `add_n`, so the code generator can emit a single
-loop that reads k buffers and writes one, instead of k - 1 loops and temporaries.
+The optimizer's `accumulate` pass turns a tree of binary `add`s into additions made as
+the pieces arrive, and groups into one `add_n` the pieces that are all available at the
+same point (x read by 4 consumers): the code generator then runs one loop that reads k
+buffers and writes one, instead of k - 1 loops and temporaries, without keeping pieces
+alive longer than the addition that consumes them.
 
 Unlike `add`, `add_n` does not broadcast: every operand has exactly the result's type.
 The numpy reference sums left to right, ((x0 + x1) + x2) + ..., so replacing a left-deep
