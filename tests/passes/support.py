@@ -30,3 +30,14 @@ def run(pass_: Pass, graph: Graph) -> bool:
 
 def ops_of(graph: Graph) -> list[str]:
     return [node.op for _, node in graph.nodes()]
+
+
+def sections(graph: Graph) -> list[str]:
+    """The dump without `# loc` comments, split into its graph sections (main first)."""
+    text = "\n".join(line.split("  # ")[0].rstrip() for line in compiler.dump(graph).splitlines())
+    return [expected(section) for section in text.strip().split("\n\n")]
+
+
+def main_body(graph: Graph) -> str:
+    """The main section without its header lines (like `body`, without the fusion bodies)."""
+    return sections(graph)[0].split("\n", 3)[3]

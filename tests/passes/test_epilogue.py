@@ -19,7 +19,7 @@ from compiler.passes.epilogue import Epilogue
 from compiler.passes.fuse import Fuse
 from compiler.pipeline import PIPELINES, optimize, passes_for
 from tests.gradcheck import check_grad
-from tests.passes.support import body, expected, run
+from tests.passes.support import body, expected, run, sections, main_body
 
 EPILOGUE, FUSE = Epilogue(), Fuse()
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -36,14 +36,6 @@ def fused(fn, *specs):
     return graph
 
 
-def sections(graph):
-    """The dump without `# loc` comments, split into its graph sections (main first)."""
-    text = "\n".join(line.split("  # ")[0].rstrip() for line in compiler.dump(graph).splitlines())
-    return [expected(section) for section in text.strip().split("\n\n")]
-
-
-def main_body(graph):
-    return sections(graph)[0].split("\n", 3)[3]
 
 
 def matmul_fusions(graph):

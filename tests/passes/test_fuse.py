@@ -16,7 +16,7 @@ from compiler.passes.fuse import CHEAP, MAX_COPIES, Fuse, find_groups
 from compiler.pipeline import optimize, passes_for
 from tests.gradcheck import check_grad
 from tests.ops.samples_fusion import SAMPLES
-from tests.passes.support import body, expected, ops_of, run
+from tests.passes.support import body, expected, ops_of, run, sections, main_body
 from tests.passes.test_properties import SHAPES, _leaves, build, step
 
 FUSE = Fuse()
@@ -29,15 +29,6 @@ def fused(fn, *specs):
     return graph
 
 
-def sections(graph):
-    """The dump without `# loc` comments, split into its graph sections (main first)."""
-    text = "\n".join(line.split("  # ")[0].rstrip() for line in compiler.dump(graph).splitlines())
-    return [expected(section) for section in text.strip().split("\n\n")]
-
-
-def main_body(graph):
-    """The main section without its header lines (like support.body, without the bodies)."""
-    return sections(graph)[0].split("\n", 3)[3]
 
 
 def bodies(graph):

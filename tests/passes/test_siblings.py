@@ -19,7 +19,7 @@ from compiler.passes.fuse import Fuse
 from compiler.passes.siblings import Siblings, find_groups
 from compiler.pipeline import passes_for
 from tests.gradcheck import check_grad
-from tests.passes.support import expected, run
+from tests.passes.support import expected, run, sections, main_body
 from tests.passes.test_properties import SHAPES, _leaves, build, step
 
 SIBLINGS = Siblings()
@@ -33,14 +33,6 @@ def fused(fn, *specs):
     return graph
 
 
-def sections(graph):
-    """The dump without `# loc` comments, split into its graph sections (main first)."""
-    text = "\n".join(line.split("  # ")[0].rstrip() for line in compiler.dump(graph).splitlines())
-    return [expected(section) for section in text.strip().split("\n\n")]
-
-
-def main_body(graph):
-    return sections(graph)[0].split("\n", 3)[3]
 
 
 def opt2(graph):
