@@ -18,6 +18,7 @@ corruption, not malice: anyone can recompute it, so pin the file hash to trust a
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -52,6 +53,18 @@ _FIELDS = {
 }
 _SYMBOL = re.compile(r"^[A-Za-z_.$][A-Za-z0-9_.$]*$")
 _FEATURE = re.compile(r"^[+-][A-Za-z0-9_.\-]+$")
+
+
+def parse_tree(text: str) -> Any:
+    """treedef_from_text, remembered for short texts: loading an artifact parses its two
+    trees twice (validation, then the Kernel), and the tokenizer makes each parse cost
+    ~0.2 ms. The result is shared: callers only read it."""
+    return _parse_short_tree(text) if isinstance(text, str) and len(text) <= 4096 else treedef_from_text(text)
+
+
+@functools.lru_cache(maxsize=128)
+def _parse_short_tree(text: str) -> Any:
+    return treedef_from_text(text)
 
 
 def encode_manifest(manifest: dict) -> bytes:
@@ -119,16 +132,20 @@ def unpack(data: bytes, source: str, expected_sha256: str | None = None, size: i
     if len(data) != size:  # a prefix was read, yet the sizes agree: the file changed meanwhile
         raise ArtifactError(f"{source}: the artifact changed while it was read ({len(data)} of {size} bytes)")
     body_end = size - HASH_SIZE
-    if hashlib.sha256(data[:body_end]).digest() != data[body_end:]:
+    view = memoryview(data)  # slices of a view copy nothing; the code alone can be megabytes
+    body = hashlib.sha256(view[:body_end])
+    stored = bytes(view[body_end:])
+    if body.digest() != stored:
         raise ArtifactError(f"{source}: corrupted artifact: SHA-256 of the contents does not match the stored hash")
-    file_sha = hashlib.sha256(data).hexdigest()
+    body.update(stored)  # the file is body + stored hash: its SHA-256 without hashing the body twice
+    file_sha = body.hexdigest()
     if expected_sha256 is not None:
         if not isinstance(expected_sha256, str) or file_sha != expected_sha256.strip().lower():
             raise ArtifactError(f"{source}: file SHA-256 is {file_sha}, expected {expected_sha256}")
     if flags != 0:
         raise ArtifactError(f"{source}: unknown header flags {flags:#x} (this runtime knows none)")
-    manifest_bytes = bytes(data[HEADER.size : HEADER.size + manifest_len])
-    code = bytes(data[HEADER.size + manifest_len : body_end])
+    manifest_bytes = bytes(view[HEADER.size : HEADER.size + manifest_len])
+    code = bytes(view[HEADER.size + manifest_len : body_end])
     return decode_manifest(manifest_bytes, source), code, file_sha
 
 
@@ -212,7 +229,7 @@ def _check_tensor(entry: Any, what: str, with_kind: bool) -> None:
 
 def _check_tree(manifest: dict, key: str, expected_leaves: int, source: str) -> Any:
     try:
-        tree = treedef_from_text(manifest[key])
+        tree = parse_tree(manifest[key])
     except TreeError as exc:
         raise ArtifactError(f"{source}: manifest {key}: {exc}") from None
     leaves = num_leaves(tree)

@@ -32,12 +32,16 @@ called: only a pinned file hash catches that), and the call-frame programs in .e
 (run only when unwinding through this code, which never throws). Relocation types are
 checked for x86-64 only, the one machine we have derived an allow-list for.
 
+Every check takes time linear in the object's size, so a hostile file costs no more to
+refuse than a real one of its size costs to accept.
+
 MCJIT does not fail on an unresolved external either: it patches in address 0 and the
 first call crashes the process. So the loader lists the object's undefined symbols here
 and refuses any the process cannot provide, and checks the entry symbol is defined.
 """
 from __future__ import annotations
 
+import bisect
 import struct
 import sys
 from dataclasses import dataclass
@@ -86,6 +90,7 @@ _FLAGS = SHF_WRITE | SHF_ALLOC | SHF_EXECINSTR | SHF_MERGE | SHF_STRINGS | SHF_I
 _MACHINE_FLAGS = {EM_X86_64: SHF_X86_64_LARGE}
 _LOADED = {SHT_PROGBITS, SHT_NOBITS, SHT_X86_64_UNWIND}  # section types RuntimeDyld copies into memory
 _ENTRY = 24  # bytes of an Elf64_Sym and an Elf64_Rela
+_NAME_BYTES_PER_BYTE = 4  # decoded names per byte of object: LLVM's shared name tails stay far below
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,8 @@ def _bad(message: str) -> ArtifactError:
 class _Object:
     def __init__(self, code: bytes) -> None:
         self.code = code
+        self._nuls: dict[int, list[int]] = {}  # string table section -> offsets of its NULs
+        self._name_bytes = 0
         self._header()
         self._sections()
         self._symbols()
@@ -256,10 +263,22 @@ class _Object:
             raise _bad(f"string table (section {s.index}) does not start and end with a NUL byte")
 
     def _string(self, table: Section, at: int, what: str) -> str:
+        """The NUL-terminated name at `at`. Linear in all: the table's NULs are found once
+        (scanning from each name instead made one long unterminated run, named by every
+        symbol, cost names x table size), and the names decoded may add up to a few times
+        the file at most (names may share a tail; all of them naming one long run may not)."""
         if at >= table.size:
             raise _bad(f"{what} starts at {at}, past the end of its string table ({table.size} bytes)")
-        start = table.offset + at
-        return self.code[start : self.code.index(b"\0", start)].decode("utf-8", "replace")
+        ends = self._nuls.get(table.index)
+        if ends is None:  # the table ends with a NUL (_string_table), so every name has an end
+            data = np.frombuffer(self.code, np.uint8, table.size, table.offset)
+            ends = self._nuls[table.index] = np.flatnonzero(data == 0).tolist()
+        end = ends[bisect.bisect_left(ends, at)]
+        self._name_bytes += end - at
+        if self._name_bytes > _NAME_BYTES_PER_BYTE * len(self.code) + 65536:
+            raise _bad(f"{what} makes the names add up to {self._name_bytes} bytes, more than "
+                       f"{_NAME_BYTES_PER_BYTE} times the object's size: its string table is built to be slow")
+        return self.code[table.offset + at : table.offset + end].decode("utf-8", "replace")
 
     # ---- symbols ----------------------------------------------------------------------
     def _symbols(self) -> None:

@@ -32,7 +32,7 @@ from runtime import artifact
 from runtime.argtree import compile_builder, compile_leaves
 from runtime.errors import ArtifactError, CallError, KernelError
 from runtime.loader import NativeCode, check_target
-from runtime.pytree import LEAF, flatten, leaf_paths, treedef_from_text, treedef_to_text
+from runtime.pytree import LEAF, flatten, leaf_paths, treedef_to_text
 
 _ndarray = np.ndarray
 _empty = np.empty
@@ -89,7 +89,7 @@ class Kernel:
         self._native = NativeCode(code, manifest["symbol"], label, needs=manifest.get("extra", {}).get("needs", ()))
         self._entry = self._native.entry
 
-        in_tree = treedef_from_text(manifest["in_tree"])
+        in_tree = artifact.parse_tree(manifest["in_tree"])
         self._in_tree_text = treedef_to_text(in_tree)
         self._n_args = len(in_tree)
         # flat: every argument is one leaf, so the per-leaf checks are the structure check
@@ -99,7 +99,7 @@ class Kernel:
         self._in_plan = tuple((index, shape, dtype) for index, (shape, dtype) in enumerate(self._in_specs))
         self._in_where = [f"input {e['name']!r} ({_path_text(p)})" for e, p in zip(manifest["inputs"], leaf_paths(in_tree))]
         self._out_specs = tuple((tuple(e["shape"]), np.dtype(e["dtype"])) for e in manifest["outputs"])
-        self._build_outputs = compile_builder(treedef_from_text(manifest["out_tree"]))
+        self._build_outputs = compile_builder(artifact.parse_tree(manifest["out_tree"]))
 
         # the pointer arrays are reused; the lock makes that (and the workspace) safe
         self._ins = (ctypes.c_void_p * max(1, len(self._in_specs)))()
@@ -248,6 +248,11 @@ class Kernel:
     @property
     def manifest(self) -> dict:
         return copy.deepcopy(self._manifest)
+
+    def extra(self, name: str, default: Any = None) -> Any:
+        """One entry of manifest['extra'] (a copy), without copying the whole manifest."""
+        extra = self._manifest.get("extra")
+        return copy.deepcopy(extra.get(name, default)) if isinstance(extra, dict) else default
 
     @property
     def object_code(self) -> bytes:

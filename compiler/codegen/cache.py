@@ -5,10 +5,11 @@ Off: compile(..., cache=False), or PULLBACK_NO_CACHE=1 in the environment.
 
 An entry is one artifact file (runtime's format: manifest + object code, hash-checked)
 named <key>.pullback, where key is the SHA-256 of:
-- the graph's canonical description: its name, trees, and every value in topological
-  order with op, operand positions, type and attributes (arrays by dtype, shape and
-  content hash; fixed_point bodies recursively). Source locations are left out, so the
-  same graph traced from edited code still hits;
+- the graph's canonical description: its name, trees, and every value in id order with
+  op, type, attributes (arrays by dtype, shape and content hash; fixed_point bodies
+  recursively) and operands as positions in that order, so graphs that differ only in
+  their id numbering agree. Source locations are left out, so the same graph traced from
+  edited code still hits;
 - compiler.__version__ and a fingerprint of the compiler package's source files (so a
   changed compiler never returns stale code);
 - opt_level and the target (triple, cpu, features);
@@ -21,18 +22,28 @@ when that matches, so a stale, copied or swapped file never stands in for anothe
 Entries are written to a temp file in the cache folder then os.replace'd into place, so
 concurrent processes never see a partial file; an unreadable or corrupt entry is
 ignored and rewritten.
+
+Keying is cheap on repeat (a cache hit should cost next to nothing, on a 20,000-node graph
+too): a node's op/type/attribute text is kept on the immutable node (Node.key_text) when
+its attributes are plain values, and the graph's digest is kept in Graph.derived with a
+state.Snapshot, reused while the graph's nodes, lists, trees and name are unchanged.
 """
 from __future__ import annotations
 
+import array
 import functools
 import hashlib
+import itertools
 import os
 import pathlib
 from typing import Any
 
 import numpy as np
 
-from compiler.ir.graph import Graph
+from compiler.errors import PullbackError
+from compiler.ir.graph import Graph, Node
+from compiler.ir.types import TensorType
+from compiler.ir.state import Snapshot, plain_value
 
 
 def enabled(requested: bool) -> bool:
@@ -66,24 +77,82 @@ def _attr_text(value: Any, out: list[str]) -> None:
         out.append(f"{type(value).__name__}:{value!r}")
 
 
+_BARE: dict[tuple, str] = {}  # (op, shape, dtype) -> text of an attribute-free node: few distinct ones
+
+
+def _node_text(node: Node) -> str:
+    """op, type and attributes; kept on the node when its attributes can never change.
+
+    The usual node (a TensorType, plain attributes) is described by the repr of a tuple,
+    unambiguous for these values (1, 1.0, True and '1' differ, -0.0 is not 0.0, floats
+    round-trip). The repr is the costly part: nodes without attributes share theirs (a
+    shape holds only ints and op and dtype are strings, so equal keys mean equal texts).
+    """
+    attrs = node.attrs
+    tensor_type = node.type
+    if tensor_type.__class__ is TensorType:
+        if not attrs:
+            signature = (node.op, tensor_type.shape, tensor_type.dtype)
+            text = _BARE.get(signature)
+            if text is None:
+                if len(_BARE) > 65536:
+                    _BARE.clear()
+                text = _BARE[signature] = "p" + repr(signature + ((),))
+            object.__setattr__(node, "key_text", text)
+            return text
+        if all(map(plain_value, attrs.values())):
+            text = "p" + repr((node.op, tensor_type.shape, tensor_type.dtype, sorted(attrs.items())))
+            object.__setattr__(node, "key_text", text)
+            return text
+    parts = ["g", node.op, "|", type(tensor_type).__name__, ":", str(tensor_type), "{"]
+    for key in sorted(attrs):
+        parts.append(key + "=")
+        _attr_text(attrs[key], parts)
+        parts.append(";")
+    parts.append("}")
+    return "".join(parts)
+
+
 def graph_digest(graph: Graph) -> str:
     """SHA-256 of the graph's canonical description (see the module docstring)."""
     from runtime.pytree import treedef_to_text
 
-    order = graph.topo_order()
-    position = {node_id: i for i, node_id in enumerate(order)}
-    parts = [f"graph {graph.name!r}", treedef_to_text(graph.in_tree), treedef_to_text(graph.out_tree),
-             "inputs " + ",".join(str(position[i]) for i in graph.inputs),
-             "outputs " + ",".join(str(position[o]) for o in graph.outputs)]
-    for node_id in order:
-        node = graph.node(node_id)
-        text = [f"{node.op}({','.join(str(position[o]) for o in node.operands)}):{node.type}{{"]
-        for key in sorted(node.attrs):
-            text.append(key + "=")
-            _attr_text(node.attrs[key], text)
-            text.append(";")
-        parts.append("".join(text) + "}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    snapshot = Snapshot(graph.nx)
+    ends = (graph.name, tuple(graph.inputs), tuple(graph.outputs), treedef_to_text(graph.in_tree),
+            treedef_to_text(graph.out_tree))
+    derived = getattr(graph, "derived", {})
+    memo = derived.get("digest")
+    if memo is not None and memo[1] == ends and snapshot.same(memo[0]):
+        return memo[2]
+    derived.pop("digest", None)
+    digest, reusable = _describe(graph, snapshot, ends)
+    if reusable and snapshot.revision is not None:  # a plain networkx graph: never reusable
+        derived["digest"] = (snapshot, ends, digest)
+    return digest
+
+
+def _describe(graph: Graph, snapshot: Snapshot, ends: tuple) -> tuple[str, bool]:
+    order, node_list = snapshot.ids, snapshot.nodes
+    if order != sorted(order):
+        order, node_list = (list(column) for column in zip(*sorted(zip(order, node_list), key=lambda p: p[0])))
+    if any(node.__class__ is not Node for node in node_list):
+        raise PullbackError(f"graph {graph.name!r} has a node without an op (verify it first)")
+    position = dict(zip(order, range(len(order))))
+    texts = [node.key_text or _node_text(node) for node in node_list]
+    operands = [node.operands for node in node_list]
+    arity = array.array("q", map(len, operands))
+    try:
+        positions = array.array("q", map(position.__getitem__, itertools.chain.from_iterable(operands)))
+        where = [",".join(str(position[i]) for i in ids) for ids in ends[1:3]]
+    except KeyError as exc:
+        raise PullbackError(f"graph {graph.name!r}: %{exc.args[0]} is used but not defined") from None
+    digest = hashlib.sha256()
+    head = [f"graph {graph.name!r}", ends[3], ends[4], "inputs " + where[0], "outputs " + where[1],
+            f"nodes {len(order)} operands {len(positions)}", ""]
+    digest.update("\n".join(head).encode())
+    digest.update("\n".join(texts).encode())
+    digest.update(b"\0" + arity.tobytes() + positions.tobytes())  # fixed-width ints: lengths are in the head
+    return digest.hexdigest(), all(node.key_text is not None for node in node_list)
 
 
 @functools.cache
@@ -115,8 +184,7 @@ def entry_path(key: str) -> pathlib.Path:
 
 
 def _key_of(kernel: Any) -> Any:
-    extra = kernel.manifest.get("extra")
-    return extra.get("cache_key") if isinstance(extra, dict) else None
+    return kernel.extra("cache_key")
 
 
 def load(key: str) -> Any | None:

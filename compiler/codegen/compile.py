@@ -22,6 +22,7 @@ from compiler.codegen import target
 from compiler.codegen.emit import STATUS, GraphEmitter, ModuleBuilder
 from compiler.ir.graph import Graph
 from compiler.ir.verify import verify
+from compiler.passes.manager import gc_paused
 
 
 @dataclass
@@ -146,13 +147,16 @@ def _compile(graph: Graph, opt_level: int, cache: bool, dump_dir: str | None = N
     import runtime
 
     target.check_opt_level(opt_level)
-    verify(graph)
-    key = None
-    if compile_cache.enabled(cache):
-        key = compile_cache.cache_key(graph, opt_level, target.host(), compiler.__version__)
-        hit = compile_cache.load(key) if dump_dir is None else None
-        if hit is not None:
-            return hit
+    # The cache-hit path allocates little, but on a big graph the heap is big: a full
+    # collection it happens to trigger would cost it many times its own work.
+    with gc_paused():
+        verify(graph)  # reuses what an earlier verify of the unchanged graph found
+        key = None
+        if compile_cache.enabled(cache):
+            key = compile_cache.cache_key(graph, opt_level, target.host(), compiler.__version__)
+            hit = compile_cache.load(key) if dump_dir is None else None
+            if hit is not None:
+                return hit
     if dump_dir is not None:
         os.makedirs(dump_dir, exist_ok=True)
     result, module = _llvm_module(graph, opt_level, verified=True, dump_dir=dump_dir)

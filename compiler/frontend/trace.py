@@ -17,6 +17,7 @@ from compiler.errors import PullbackError, ShapeError, TraceError
 from compiler.ir.graph import Graph, building
 from compiler.ir.types import FLOAT_DTYPES, TensorType, canonical_dtype
 from compiler.ops.tensor import Tensor, as_tensors, is_scalar_literal
+from compiler.passes.manager import gc_paused
 from runtime.pytree import flatten, leaf_paths, unflatten
 
 
@@ -101,7 +102,9 @@ def trace(fn: Callable, *specs: Any, name: str | None = None, param_argnums: tup
         kind = spec.kind or ("param" if argnum in param_argnums and spec.dtype in FLOAT_DTYPES else "data")
         inputs.append(Tensor(graph, graph.add_input(input_name, spec.type, kind)))
     graph.in_tree = in_tree
-    with building(graph):
+    # Tracing allocates many small objects that stay alive (nodes, types, edges): the cyclic
+    # collector's full passes over them made tracing a long loop superlinear.
+    with building(graph), gc_paused():
         try:
             result = fn(*unflatten(in_tree, inputs))
         except RecursionError:

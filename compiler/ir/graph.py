@@ -17,6 +17,7 @@ from typing import Any, Iterator, Mapping
 import networkx as nx
 
 from compiler.errors import PullbackError, ShapeError
+from compiler.ir.state import FrozenAttrs, RevisedMultiDiGraph, plain_value
 from compiler.ir.types import TensorType
 from runtime.pytree import LEAF, num_leaves
 
@@ -24,13 +25,29 @@ INPUT_KINDS = ("param", "data")
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class Node:
     op: str
     operands: tuple[int, ...]
     type: TensorType
-    attrs: Mapping[str, Any] = field(default_factory=dict)
+    attrs: Mapping[str, Any] = field(default_factory=FrozenAttrs)
     loc: str | None = None  # "file.py:12" where the op was created, or a note from a pass
+    # Facts derived from this node, set once by their owners (object.__setattr__) and valid
+    # for its lifetime because a Node never changes: `checked` = (OpDef, *operand types):
+    # its type is a TensorType and the op's signature and shape rule accept it for these
+    # operand types (set by add_node and ir/soundness.py); `key_text` is the cache key's text for
+    # op, type and attributes (cache.py). Only nodes whose attributes are all plain values
+    # get them. Slots keep a node small: verifying and keying big graphs is bound by memory
+    # traffic more than by the checks.
+    checked: Any = field(default=None, init=False, repr=False)
+    key_text: str | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if type(self.attrs) is not FrozenAttrs:
+            object.__setattr__(self, "attrs", FrozenAttrs(self.attrs))
+
+    def __reduce__(self) -> tuple:  # pickle and deepcopy rebuild it; the derived facts are recomputed
+        return (Node, (self.op, self.operands, self.type, dict(self.attrs), self.loc))
 
 
 class Graph:
@@ -38,7 +55,7 @@ class Graph:
 
     def __init__(self, name: str = "graph") -> None:
         self.name = name
-        self.nx = nx.MultiDiGraph()
+        self.nx: nx.MultiDiGraph = RevisedMultiDiGraph()
         self.inputs: list[int] = []
         self.outputs: list[int] = []
         self.in_tree: Any = ()
@@ -46,6 +63,9 @@ class Graph:
         self.default_loc: str | None = None  # set by passes so new nodes say where they came from
         self.capture_locations = True
         self._next_id = 0
+        # results derived from the graph, each kept with the state.Snapshot it holds for
+        # (verify.py, codegen/cache.py): reused only while the graph is unchanged
+        self.derived: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- building
     def add_node(
@@ -58,26 +78,38 @@ class Graph:
         loc: str | None = None,
     ) -> int:
         """Add an op; its type is inferred from the op's shape rule unless given."""
-        from compiler.ops.registry import infer_type
+        from compiler.ops.registry import get_op, infer_type
 
-        operands = tuple(int(o) for o in operands)
-        attrs = dict(attrs or {})
+        g = self.nx
+        nodes = g._node  # the raw dict: add_node is the hottest call of tracing
+        operands = tuple(map(int, operands))
+        attrs = FrozenAttrs(attrs or ())
         for operand in operands:
-            if operand not in self.nx:
+            if operand not in nodes:
                 raise PullbackError(f"{op}: operand %{operand} is not a value of graph {self.name!r}")
         if loc is None:
             loc = self.default_loc if self.default_loc is not None else self._caller_location()
+        checked = None
         if type is None:
+            operand_types = [self.node(o).type for o in operands]
             try:
-                type = infer_type(op, [self.node(o).type for o in operands], attrs)
+                type = infer_type(op, operand_types, attrs)
             except ShapeError as exc:
                 where = f" at {loc}" if loc else ""
                 raise ShapeError(f"{op}{where}: {exc}") from None
+            if type.__class__ is TensorType and all(map(plain_value, attrs.values())):
+                checked = (get_op(op), *operand_types)  # what verify would find: the type is the rule's
+        node = Node(op, operands, type, attrs, loc)
+        if checked is not None:
+            object.__setattr__(node, "checked", checked)
         node_id = self._next_id
         self._next_id += 1
-        self.nx.add_node(node_id, node=Node(op, operands, type, attrs, loc))
+        g.add_node(node_id, node=node)
+        # networkx's own add_edge, not RevisedMultiDiGraph's counting one: edges into a node
+        # holding a new Node object need no count, a state.Snapshot sees that object
+        add_edge = nx.MultiDiGraph.add_edge if g.__class__ is RevisedMultiDiGraph else g.__class__.add_edge
         for index, operand in enumerate(operands):
-            self.nx.add_edge(operand, node_id, key=index)
+            add_edge(g, operand, node_id, key=index)
         return node_id
 
     def add_input(self, name: str, type: TensorType, kind: str = "data", loc: str | None = None) -> int:
@@ -189,13 +221,16 @@ class Graph:
 
     def copy(self) -> "Graph":
         other = Graph(self.name)
-        other.nx = self.nx.copy()
+        other.nx = _copy_nx(self.nx)
         other.inputs = list(self.inputs)
         other.outputs = list(self.outputs)
         other.in_tree = self.in_tree
         other.out_tree = self.out_tree
         other._next_id = self._next_id
         return other
+
+    def __getstate__(self) -> dict:  # pickle/deepcopy: derived results are recomputed, never shared
+        return {**self.__dict__, "derived": {}}
 
     # ---------------------------------------------------------------- printing
     def __str__(self) -> str:
@@ -216,6 +251,22 @@ class Graph:
         if frame is None:
             return None
         return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+
+
+def _copy_nx(g: nx.MultiDiGraph) -> nx.MultiDiGraph:
+    """g.copy(), a third faster: networkx's copy adds each edge through views and
+    add_edges_from (value_and_grad copies the whole forward graph)."""
+    if g.__class__ is not RevisedMultiDiGraph:
+        return g.copy()
+    other = RevisedMultiDiGraph()
+    other.graph.update(g.graph)
+    other.add_nodes_from((n, data.copy()) for n, data in g._node.items())
+    add_edge = nx.MultiDiGraph.add_edge  # a new graph: nothing to count
+    for u, successors in g._succ.items():
+        for v, keys in successors.items():
+            for key, data in keys.items():
+                add_edge(other, u, v, key, **data)
+    return other
 
 
 _BUILDING: list[Graph] = []

@@ -13,6 +13,8 @@ from compiler import ops
 from compiler.codegen import cache as compile_cache
 from compiler.codegen import compile as compile_graph
 from compiler.codegen import memplan
+from compiler.ir.graph import Graph
+from runtime.pytree import LEAF
 
 codegen_compile = sys.modules["compiler.codegen.compile"]
 
@@ -171,3 +173,107 @@ def test_concurrent_processes_share_the_cache(cache_dir):
         assert proc.returncode == 0, err.decode()
     assert len(entries(cache_dir)) == 1
     assert not [p for p in cache_dir.iterdir() if not p.name.endswith(".pullback")]
+
+
+# ------------------------------------------------------------------ the key's description
+def keyed_graph():
+    """x, y: f32[5]; %2 = exp(x); %3 = full 2.0; %4 = %2 * %3; %5 = %4 - y; output %5."""
+    f5 = compiler.TensorType((5,), "float32")
+    graph = Graph("keyed")
+    x, y = graph.add_input("x", f5, "param"), graph.add_input("y", f5)
+    e = graph.add_node("exp", (x,))
+    k = graph.add_node("full", (), {"shape": (), "dtype": "float32", "value": 2.0})
+    m = graph.add_node("mul", (e, k))
+    s = graph.add_node("sub", (m, y))
+    graph.in_tree = (LEAF, LEAF)
+    graph.set_outputs([s])
+    return graph, dict(x=x, y=y, e=e, k=k, m=m, s=s)
+
+
+CHANGES = {
+    "attribute": lambda g, n: g.replace_node(n["k"], attrs={"shape": (), "dtype": "float32", "value": 3.0}),
+    "operand order": lambda g, n: g.replace_node(n["s"], operands=(n["y"], n["m"])),
+    "op": lambda g, n: g.replace_node(n["e"], op="log"),
+    "type": lambda g, n: g.replace_node(n["e"], type=compiler.TensorType((5,), "float64")),
+    "rewired use": lambda g, n: g.replace_all_uses(n["m"], n["e"]),
+    "extra node": lambda g, n: g.add_node("exp", (n["s"],)),
+    "outputs": lambda g, n: g.set_outputs([n["s"], n["e"]]),
+    "input order": lambda g, n: g.inputs.reverse(),
+    "input kind": lambda g, n: g.replace_node(n["y"], attrs={"name": "y", "kind": "param"}),
+    "input name": lambda g, n: g.replace_node(n["y"], attrs={"name": "z", "kind": "data"}),
+    "in_tree": lambda g, n: setattr(g, "in_tree", ((LEAF, LEAF),)),
+    "name": lambda g, n: setattr(g, "name", "other"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_key_sees_every_change_even_after_a_first_key(change):
+    import copy
+
+    graph, ids = keyed_graph()
+    before = compile_cache.graph_digest(graph)
+    assert compile_cache.graph_digest(graph) == before  # kept, and stable
+    CHANGES[change](graph, ids)
+    after = compile_cache.graph_digest(graph)
+    assert after != before
+    assert after == compile_cache.graph_digest(copy.deepcopy(graph))  # the same as worked out afresh
+
+
+def test_key_ignores_numbering_and_locations():
+    graph, ids = keyed_graph()
+    graph.set_outputs([graph.add_node("exp", (ids["s"],), loc="here.py:1")])
+    with_gap, ids = keyed_graph()
+    with_gap.remove_node(with_gap.add_node("exp", (ids["x"],)))
+    with_gap.set_outputs([with_gap.add_node("exp", (ids["s"],), loc="there.py:2")])
+    renumbered = compiler.parse(str(with_gap))  # the parser numbers values afresh
+    assert sorted(graph.nx) != sorted(with_gap.nx) and sorted(renumbered.nx) == sorted(graph.nx)
+    shuffled = graph.copy()  # the same nodes, stored in another order
+    shuffled.nx = type(graph.nx)()
+    shuffled.nx.add_nodes_from(reversed(list(graph.nx.nodes(data=True))))
+    shuffled.nx.add_edges_from(graph.nx.edges(keys=True))
+    assert list(shuffled.nx) != list(graph.nx)
+    assert len({compile_cache.graph_digest(g) for g in (graph, with_gap, renumbered, shuffled)}) == 1
+
+
+def test_arrays_and_bodies_changed_in_place_change_the_key():
+    from compiler.ops.implicit import fixed_point
+
+    value = np.ones(3, np.float32)
+    graph = compiler.trace(lambda x: x + ops.constant(value), np.zeros(3, np.float32))
+    before = compile_cache.graph_digest(graph)
+    array = next(node.attrs["value"] for _, node in graph.nodes() if node.op == "constant")
+    array.setflags(write=True)  # the front end makes constants read-only; a determined user can undo that
+    array[1] = 5.0
+    assert compile_cache.graph_digest(graph) != before
+
+    looped = compiler.trace(lambda x: fixed_point(lambda v, x: 0.5 * ops.sin(v) + x, x, x), np.zeros(3))
+    before = compile_cache.graph_digest(looped)
+    body = next(node.attrs["body"] for _, node in looped.nodes() if node.op == "fixed_point")
+    (sin,) = [n for n, node in body.nodes() if node.op == "sin"]
+    body.replace_node(sin, op="cos")
+    assert compile_cache.graph_digest(looped) != before
+
+
+def test_key_is_worked_out_once_per_graph_state(monkeypatch):
+    calls = []
+    real = compile_cache._describe
+    monkeypatch.setattr(compile_cache, "_describe", lambda *args: (calls.append(1), real(*args))[1])
+    graph, ids = keyed_graph()
+    first = compile_cache.graph_digest(graph)
+    assert compile_cache.graph_digest(graph) == first and len(calls) == 1
+    graph.nx.add_edge(ids["x"], ids["s"], key=2)  # edges are not described, but any change starts afresh
+    assert compile_cache.graph_digest(graph) == first and len(calls) == 2
+
+
+def test_equal_python_values_of_different_types_key_apart():
+    """1 == 1.0 == True and 0.0 == -0.0 in Python, yet they are different attributes."""
+    digests = set()
+    for value in (1, 1.0, True, 0.0, -0.0, "1"):
+        graph, ids = keyed_graph()
+        graph.replace_node(ids["k"], attrs={"shape": (), "dtype": "float32", "value": value})
+        digests.add(compile_cache.graph_digest(graph))
+    for shape in ((1,), (True,), (1.0,)):
+        graph, ids = keyed_graph()
+        graph.replace_node(ids["k"], attrs={"shape": shape, "dtype": "float32", "value": 2.0})
+        digests.add(compile_cache.graph_digest(graph))
+    assert len(digests) == 9

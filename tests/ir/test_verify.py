@@ -1,15 +1,30 @@
-"""The verifier: one test per invariant, each checking the message names the node, op and problem."""
-import re
+"""The verifier: one test per invariant, each checking the message names the node, op and problem.
 
+Every test runs twice: on a graph broken straight after it was built, and on one that was
+verified sound first, so verify() kept what it worked out (Graph.derived, Node.checked)
+and must still see each change."""
+import copy
+import pickle
+import re
+import sys
+
+import networkx as nx
 import numpy as np
 import pytest
 
 import compiler
 from compiler import Spec, TensorType, VerifyError, ops, verify
 from compiler.ir.graph import Graph, Node
+from compiler.ir.state import RevisedMultiDiGraph
 from runtime.pytree import LEAF
 
 F3 = TensorType((3,), "float32")
+VERIFY_FIRST = False
+
+
+@pytest.fixture(autouse=True, params=["fresh", "verified first"])
+def verify_first(request, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "VERIFY_FIRST", request.param == "verified first")
 
 
 def small_graph():
@@ -22,6 +37,8 @@ def small_graph():
     s = graph.add_node("add", (e, y), loc="model.py:8")
     graph.in_tree = (LEAF, LEAF)
     graph.set_outputs([s])
+    if VERIFY_FIRST:
+        verify(graph)
     return graph, x, y, e, s
 
 
@@ -286,3 +303,122 @@ def test_a_shared_body_is_verified_once(monkeypatch):
     monkeypatch.setattr(verify_module, "_verify", lambda g, *rest: (calls.append(g.name), real(g, *rest))[1])
     verify(graph)
     assert sorted(calls) == ["<lambda>", "<lambda>", "outer"]  # the graph itself, outer once, its body once
+
+
+# ------------------------------------------------------------------ what verify keeps
+def test_an_operand_changing_type_reruns_its_users_rules():
+    graph, x, y, e, s = small_graph()
+    # %e becomes a sound f64 value; %s itself is untouched, but its rule now fails
+    graph.replace_node(e, op="cast", operands=(x,), attrs={"dtype": "float64"}, type=TensorType((3,), "float64"))
+    rejects(graph, f"%{s} = add (model.py:8)", "operand dtypes differ (float64, float32); cast first")
+
+
+def test_an_equal_type_object_is_as_good_as_the_same_one():
+    graph, x, y, e, s = small_graph()
+    graph.replace_node(e, type=TensorType((3,), "float32"))  # a new node and type object, same meaning
+    assert verify(graph) is None
+
+
+def count_node_passes(monkeypatch):
+    import compiler.ir.soundness as soundness
+
+    calls = []
+    real = soundness._nodes_sound
+    monkeypatch.setattr(soundness, "_nodes_sound", lambda *args: (calls.append(1), real(*args))[1])
+    return calls
+
+
+@pytest.mark.parametrize("change", ["add_edge", "remove_edge", "swap_edge_keys", "node_data", "replace_node",
+                                    "add_node", "nx_add_node", "remove_node"])
+def test_the_kept_result_is_dropped_when_the_graph_changes(monkeypatch, change):
+    graph, x, y, e, s = small_graph()
+    calls = count_node_passes(monkeypatch)
+    verify(graph)
+    verify(graph)
+    assert len(calls) == (0 if VERIFY_FIRST else 1)  # the second call, at least, reused the first
+    if change == "add_edge":
+        graph.nx.add_edge(x, s, key=2)
+    elif change == "remove_edge":
+        graph.nx.remove_edge(y, s, key=1)
+    elif change == "swap_edge_keys":
+        graph.nx.remove_edges_from([(e, s, 0), (y, s, 1)])
+        graph.nx.add_edges_from([(e, s, 1), (y, s, 0)])
+    elif change == "node_data":
+        graph.nx.nodes[s]["node"] = Node("add", (e, e), TensorType((4,), "float32"), {}, "model.py:8")
+    elif change == "replace_node":
+        graph.replace_node(s, type=TensorType((4,), "float32"))
+    elif change == "add_node":
+        graph.add_node("exp", (s,), type=TensorType((4,), "float32"))
+    elif change == "nx_add_node":
+        graph.nx.add_node(99)
+    else:
+        graph.nx.remove_node(e)
+    with pytest.raises(VerifyError):
+        verify(graph)
+    assert len(calls) >= (1 if VERIFY_FIRST else 2)
+
+
+def test_list_and_tree_changes_are_checked_every_time():
+    graph, x, y, e, s = small_graph()
+    verify(graph)
+    graph.outputs.append(e)
+    rejects(graph, "out_tree has 1 leaves but the graph has 2 outputs")
+    graph.outputs.pop()
+    graph.inputs.reverse()
+    verify(graph)  # still sound: order of the input list is not an invariant
+    graph.inputs.pop()
+    rejects(graph, "input node is missing from the graph's input list")
+
+
+def test_graphs_with_mutable_attributes_are_not_kept():
+    graph = compiler.trace(lambda x: x + ops.constant(np.ones(3, np.float32)), Spec((3,)))
+    verify(graph)
+    assert graph.derived.get("verify") is None  # an array can change in place
+    plain = compiler.trace(lambda x: ops.exp(x) * 2.0, Spec((3,)))
+    verify(plain)
+    assert plain.derived.get("verify") is not None
+
+
+def test_a_new_op_registry_is_noticed(monkeypatch):
+    from compiler.ops import registry
+
+    graph, x, y, e, s = small_graph()
+    verify(graph)
+    monkeypatch.delitem(registry._REGISTRY, "exp")
+    rejects(graph, f"%{e} = exp", "unknown op 'exp'")
+
+
+def test_node_attributes_are_read_only():
+    graph, x, y, e, s = small_graph()
+    c = graph.add_node("cast", (e,), {"dtype": "float64"})
+    attrs = graph.node(c).attrs
+    for change in (lambda: attrs.__setitem__("dtype", "int32"), lambda: attrs.update(dtype="int32"),
+                   lambda: attrs.pop("dtype"), attrs.clear, lambda: attrs.setdefault("x", 1)):
+        with pytest.raises(TypeError, match="read-only"):
+            change()
+    assert attrs == {"dtype": "float64"} and isinstance(attrs, dict)
+    graph.replace_node(c, attrs={**attrs, "dtype": "float32"})  # the way to change them
+    assert graph.node(c).attrs == {"dtype": "float32"}
+
+
+def test_graphs_survive_pickle_and_deepcopy():
+    graph, x, y, e, s = small_graph()
+    verify(graph)
+    for clone in (pickle.loads(pickle.dumps(graph)), copy.deepcopy(graph)):
+        assert verify(clone) is None
+        assert clone.node(s).checked is None or clone.node(s).checked[1] is clone.node(e).type
+        assert str(clone) == str(graph)
+        clone.nx.add_edge(x, s, key=2)
+        rejects(clone, "disagree with operands")
+
+
+def test_sparse_and_unusual_ids_are_verified_and_kept():
+    graph, x, y, e, s = small_graph()
+    far = graph.add_node("exp", (s,))
+    graph.nx = nx.MultiDiGraph(nx.relabel_nodes(graph.nx, {far: 10**9}))  # a plain networkx graph: never kept
+    graph.set_outputs([10**9])
+    assert verify(graph) is None and graph.derived.get("verify") is None
+    graph.nx = RevisedMultiDiGraph(graph.nx)
+    assert verify(graph) is None and graph.derived.get("verify") is not None
+    graph.nx.nodes[10**9]["node"] = Node("exp", (e, y), F3, {}, None)
+    rejects(graph, "operand edges", "disagree")

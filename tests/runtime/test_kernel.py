@@ -468,3 +468,21 @@ def test_reentrant_call_from_array_conversion(add):
 
 def test_same_array_for_two_inputs(add):
     np.testing.assert_array_equal(add(A, A), 2 * A)
+
+
+def test_extra_reads_one_manifest_entry_as_a_copy(add, tree):
+    assert add.extra("note") == "hand-written IR" == add.manifest["extra"]["note"]
+    assert add.extra("missing") is None and add.extra("missing", 3) == 3
+    entry = runtime.Kernel.from_parts(add_manifest() | {"extra": {"codes": {"1": "bad"}}}, build_object(ADD_IR))
+    entry.extra("codes")["1"] = "changed"
+    assert entry.extra("codes") == {"1": "bad"}
+    assert tree.extra("note") is None  # no extra entries at all
+
+
+def test_kernels_sharing_a_tree_text_build_their_own_outputs():
+    first, second = tree_kernel(), tree_kernel()  # one parsed tree, remembered and shared
+    args = ({"b": np.float32(1), "w": np.ones(3, np.float32)}, np.arange(3, dtype=np.int32))
+    out = first(*args)
+    out["y"] = "replaced"
+    out.clear()
+    assert set(second(*args)) == {"n", "y"} and set(first(*args)) == {"n", "y"}
