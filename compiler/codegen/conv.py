@@ -1,15 +1,26 @@
 """Kernels of conv2d and the max-pool ops (NCHW; semantics in compiler/ops/conv.py).
 
-conv2d is a direct loop nest: for each image n and output channel o, the output plane
-is zeroed, then for each input channel c of o's group and kernel tap (i, j) the plane
-gets w[o, c, i, j] * (the shifted, strided input plane). The valid output rows and
-columns of a tap (those reading a real, not padding, pixel) are computed with integer
-arithmetic, so the inner loop has no bounds checks: it runs along an output row
-(contiguous) and an input row (stride `stride[1]`), and vectorizes for stride 1.
-When the kernel is larger than the output plane (the weight gradient's correlation of
-images with output gradients), the order flips: each output element is a dot product
-over channels and valid taps, accumulated in a register.
-(An im2col + matmul formulation is later performance work.)
+Float kernels are vectorized and specialized to their static shapes and operand strides:
+- conv_direct.py: register tiles along the output width (forward convs, input gradients;
+  1x1 convs as matrix products over whole images);
+- conv_reduce.py: dot products along the kernel width, for kernels larger than the output
+  plane (the weight gradient's correlation of images with output gradients);
+- conv_pool.py: max_pool2d, max_pool2d_select, and max_pool2d_grad for disjoint windows;
+with conv_simd.py's masked vector loads and stores. Padding taps are never multiplied
+(0 * inf would be NaN): rows are skipped, lanes masked.
+
+The loop nests below are the fallback for what those do not cover (kernels of more than
+conv_direct.MAX_TAPS taps, many distinct edge tiles, overlapping windows in
+max_pool2d_grad), and all of it when PULLBACK_NAIVE_CONV=1 is set (for before/after
+measurements; the compile cache does not see the variable, so use cache=False).
+
+conv2d loop nest: for each image n and output channel o, the output plane is zeroed,
+then for each input channel c of o's group and kernel tap (i, j) the plane gets
+w[o, c, i, j] * (the shifted, strided input plane). The valid output rows and columns
+of a tap (those reading a real, not padding, pixel) are computed with integer
+arithmetic, so the inner loop has no bounds checks. When the kernel is larger than the
+output plane, the order flips: each output element is a dot product over channels and
+valid taps, accumulated in a register.
 
 Max pools walk each window's real pixels (the clamped window; padding is -inf and never
 wins). The window argmax is the FIRST maximal pixel in row-major order, or the first
@@ -19,14 +30,20 @@ row-major order, so duplicates sum in numpy.add.at's order.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 from llvmlite import ir
 
+from compiler.codegen import conv_direct, conv_pool, conv_reduce
 from compiler.codegen import scalar as S
+from compiler.codegen.conv_simd import Conv
 from compiler.codegen.loops import I64, const, for_range
 from compiler.codegen.lower import KernelCtx, Lowering, register
+
+
+NAIVE_ENV = "PULLBACK_NAIVE_CONV"
 
 
 def _smax(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
@@ -63,11 +80,26 @@ def _at(b: ir.IRBuilder, strides: tuple[int, ...], *indices: ir.Value | int) -> 
     return total
 
 
+def naive() -> bool:
+    """PULLBACK_NAIVE_CONV=1 selects the plain loop nests (before/after measurements)."""
+    return os.environ.get(NAIVE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
 def _emit_conv2d(ctx: KernelCtx) -> None:
     x, w = ctx.ins
     out = ctx.out
     if out.layout.size == 0:
         return
+    if not naive():
+        cv = Conv.of(x.shape, x.strides, w.shape, w.strides, out.shape, ctx.attrs, out.dtype)
+        if cv.cg == 0:  # no input channels: an empty sum
+            ctx.fill(out, ctx.scalar().const(0.0))
+            return
+        by_output = cv.plane < cv.kh * cv.kw
+        module = conv_reduce if by_output else conv_direct
+        if module.supported(cv):
+            module.emit(ctx.b, cv, x.ptr, w.ptr, out.ptr)
+            return
     if out.shape[2] * out.shape[3] < w.shape[2] * w.shape[3]:
         return _emit_conv2d_by_output(ctx)
     b = ctx.b
@@ -236,6 +268,16 @@ def _emit_max_pool2d_select(ctx: KernelCtx) -> None:
     _windows(ctx, x, body)
 
 
-register(Lowering("max_pool2d", emit=_emit_max_pool2d))
-register(Lowering("max_pool2d_grad", emit=_emit_max_pool2d_grad))
-register(Lowering("max_pool2d_select", emit=_emit_max_pool2d_select))
+def _pool_rule(vectorized: Any, loop_nest: Any, disjoint_only: bool = False) -> Any:
+    def emit(ctx: KernelCtx) -> None:
+        if ctx.out.layout.size == 0:
+            return
+        if naive() or disjoint_only and not conv_pool.Pool.of(ctx.ins[0].shape, ctx.attrs).disjoint():
+            return loop_nest(ctx)
+        return vectorized(ctx)
+    return emit
+
+
+register(Lowering("max_pool2d", emit=_pool_rule(conv_pool.emit_max_pool2d, _emit_max_pool2d)))
+register(Lowering("max_pool2d_grad", emit=_pool_rule(conv_pool.emit_max_pool2d_grad, _emit_max_pool2d_grad, True)))
+register(Lowering("max_pool2d_select", emit=_pool_rule(conv_pool.emit_max_pool2d_select, _emit_max_pool2d_select)))
