@@ -165,9 +165,10 @@ def compiler_fingerprint() -> str:
 
 
 def _codegen_switches() -> str:
-    from compiler.codegen import matmul, parallel, vecmath
+    from compiler.codegen import conv, matmul, parallel, vecmath
 
-    return (f"naive_matmul={int(matmul.naive())},libm={int(not vecmath.enabled())},fused={int(vecmath.FUSED)},"
+    return (f"naive_matmul={int(matmul.naive())},naive_conv={int(conv.naive())},"
+            f"libm={int(not vecmath.enabled())},fused={int(vecmath.FUSED)},"
             f"{parallel.cache_token()}")
 
 

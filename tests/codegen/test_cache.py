@@ -277,3 +277,12 @@ def test_equal_python_values_of_different_types_key_apart():
         graph.replace_node(ids["k"], attrs={"shape": shape, "dtype": "float32", "value": 2.0})
         digests.add(compile_cache.graph_digest(graph))
     assert len(digests) == 9
+
+
+@pytest.mark.parametrize("switch", ["PULLBACK_NAIVE_MATMUL", "PULLBACK_NAIVE_CONV", "PULLBACK_LIBM"])
+def test_codegen_switches_change_the_key(switch, monkeypatch):
+    target = {"triple": "x86_64-unknown-linux-gnu", "cpu": "a", "features": "+x"}
+    monkeypatch.delenv(switch, raising=False)
+    base = compile_cache.cache_key(graph(), 2, target, "1")
+    monkeypatch.setenv(switch, "1")
+    assert compile_cache.cache_key(graph(), 2, target, "1") != base
