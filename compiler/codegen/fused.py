@@ -18,6 +18,10 @@ an LLVM constant, and each elementwise member is its scalar expression
   over unrolled steps accumulate in one buffer. Ints, PULLBACK_NAIVE_MATMUL=1, K = 0 and
   a result dtype other than the product's take a loop nest instead (_emit_matmul_loops).
 
+Big "loop" and "reduce" nests run on all cores (parallel_loops.split_nest): one level
+of the nest is cut into chunks for a libgomp team, for a reduction only a level it keeps,
+so each result element is still computed by one thread in serial order.
+
 Members are evaluated in the same order and with the same scalar rules as the unfused
 kernels, so a loop fusion, and a matmul fusion without an accumulator, gives bitwise the
 results of the ops it replaces.
@@ -38,6 +42,7 @@ from compiler.codegen import matmul
 from compiler.codegen import scalar as S
 from compiler.codegen.loops import Layout, contiguous_strides, nest
 from compiler.codegen.lower import LOWERINGS, KernelCtx, Operand, broadcast_strides
+from compiler.codegen.parallel_loops import nest_bytes, split_nest
 from compiler.ir.graph import Graph
 from compiler.ir.types import FLOAT_DTYPES
 from compiler.ops.fusion import iteration_shape, matmul_node
@@ -139,10 +144,12 @@ def emit_fusion(ctx: KernelCtx) -> None:
         return
     in_strides = [broadcast_strides(o.layout, shape) for o in ctx.ins]
     if kind == "loop":
-        out = ctx.out
-        with nest(ctx.b, shape, [out.strides] + in_strides) as offsets:
-            value = Evaluator(ctx.b, body, operand_loader(ctx, body, offsets[1:]))(body.outputs[0])
-            ctx.store(out, offsets[0], value)
+        def element(c: KernelCtx, offsets: list[ir.Value]) -> None:
+            value = Evaluator(c.b, body, operand_loader(c, body, offsets[1:]))(body.outputs[0])
+            c.store(c.out, offsets[0], value)
+
+        size = int(np.prod(shape, dtype=np.int64))
+        split_nest(ctx, shape, [ctx.out.strides] + in_strides, element, nest_bytes(ctx, size), stem="loop")
         return
     _emit_reduce(ctx, body, shape, in_strides)
 
@@ -158,11 +165,17 @@ def _emit_reduce(ctx: KernelCtx, body: Graph, shape: tuple[int, ...], in_strides
     if size:
         combine: Any = {"max": S.maximum, "min": S.minimum}.get(op)
         flags = ("reassoc",) if S.is_float(dtype) else ()
-        with nest(ctx.b, shape, [_reduced_strides(shape, axes, keepdims)] + in_strides) as offsets:
-            value = Evaluator(ctx.b, body, operand_loader(ctx, body, offsets[1:]))(reduction.operands[0])
-            acc = ctx.load(out, offsets[0])
-            result = S.add(sc, acc, value, flags=flags) if combine is None else combine(sc, acc, value)
-            ctx.store(out, offsets[0], result)
+        def element(c: KernelCtx, offsets: list[ir.Value]) -> None:
+            value = Evaluator(c.b, body, operand_loader(c, body, offsets[1:]))(reduction.operands[0])
+            acc = c.load(c.out, offsets[0])
+            here = S.Scalar(c.b, (dtype,), dtype, {})
+            result = S.add(here, acc, value, flags=flags) if combine is None else combine(here, acc, value)
+            c.store(c.out, offsets[0], result)
+
+        # split only over kept axes (the result's stride is 0 on reduced ones): every result
+        # element is still accumulated by one thread in serial order
+        split_nest(ctx, shape, [_reduced_strides(shape, axes, keepdims)] + in_strides, element,
+                   nest_bytes(ctx, size), stem="reduce")
     if op == "mean" and out.layout.size:
         count = int(np.prod([shape[a] for a in axes], dtype=np.int64))
         with nest(ctx.b, out.shape, [out.strides]) as (o,):

@@ -30,6 +30,7 @@ from compiler.codegen import matmul
 from compiler.codegen import scalar as S
 from compiler.codegen.loops import Layout, const, contiguous_strides, nest
 from compiler.codegen.lower import KernelCtx, Lowering, broadcast_strides, normalize_index, register
+from compiler.codegen.parallel_loops import nest_bytes, split_nest
 
 # ---------------------------------------------------------------- shape ops
 def _emit_pad(ctx: KernelCtx) -> None:
@@ -70,10 +71,14 @@ def _emit_take(ctx: KernelCtx) -> None:
     a_strides = a.strides[:axis] + (0,) * r + a.strides[axis + 1:]
     idx_strides = (0,) * axis + idx.strides + (0,) * tail
     n, step = a.shape[axis], a.strides[axis]
-    with nest(ctx.b, out.shape, [out.strides, a_strides, idx_strides]) as (o, src, i):
-        row = normalize_index(ctx, ctx.load(idx, i), n)
-        src = ctx.b.add(src, ctx.b.mul(row, const(step)))
-        ctx.store(out, o, ctx.load(a, src))
+
+    def element(c: KernelCtx, offsets: list) -> None:  # big ones on all cores: parallel_loops.py
+        (o, src, i), (a_c, idx_c) = offsets, c.ins
+        row = normalize_index(c, c.load(idx_c, i), n)
+        c.store(c.out, o, c.load(a_c, c.b.add(src, c.b.mul(row, const(step)))))
+
+    split_nest(ctx, out.shape, [out.strides, a_strides, idx_strides], element, nest_bytes(ctx, out.layout.size),
+               stem="take")
 
 
 def _emit_scatter_add(ctx: KernelCtx) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 from llvmlite import ir
 
 from compiler.codegen.loops import I64, Layout, const, contiguous_strides, nest
+from compiler.codegen.parallel_loops import nest_bytes, split_nest
 from compiler.codegen.scalar import LLVM_TYPES, SCALAR_OPS, Scalar
 
 
@@ -149,11 +150,13 @@ def emit_elementwise(ctx: KernelCtx) -> None:
     if out.layout.size == 0:
         return
     rule = SCALAR_OPS[ctx.op]
-    sc = ctx.scalar()
     strides = [out.strides] + [broadcast_strides(o.layout, out.shape) for o in ctx.ins]
-    with nest(ctx.b, out.shape, strides) as offsets:
-        values = [ctx.load(o, off) for o, off in zip(ctx.ins, offsets[1:])]
-        ctx.store(out, offsets[0], rule(sc, *values))
+
+    def element(c: KernelCtx, offsets: list[ir.Value]) -> None:  # big ones on all cores: parallel_loops.py
+        values = [c.load(o, off) for o, off in zip(c.ins, offsets[1:])]
+        c.store(c.out, offsets[0], rule(c.scalar(), *values))
+
+    split_nest(ctx, out.shape, strides, element, nest_bytes(ctx, out.layout.size), stem="ew")
 
 
 def elementwise_in_place(attrs: dict, layouts: Sequence[Layout], types: Sequence[Any], result: Any) -> tuple[int, ...]:

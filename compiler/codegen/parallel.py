@@ -25,6 +25,10 @@ scratch space is sized for N); PULLBACK_THREADS=1 compiles serial code that neve
 libgomp. The default is the number of CPUs this process may use (at most MAX_THREADS).
 `configured(False)` (what compile(..., parallel=False) uses) forces serial code.
 
+Users: matmul.py (row tiles / column slivers of a product), conv_simd.py, and
+parallel_loops.py (elementwise, fused loop/reduce/siblings and gather kernels: one level
+of their loop nest cut into chunks).
+
 An artifact that calls libgomp lists it in manifest["extra"]["needs"] (see needs()); the
 runtime loads it with RTLD_GLOBAL before linking the object (runtime/loader.py).
 """
@@ -91,7 +95,9 @@ def configured(parallel: bool | None) -> Iterator[None]:
 
 def cache_token() -> str:
     """What the compile cache key must include: the code depends on it."""
-    return f"threads<={max_threads()} min_flops={MIN_FLOPS}"
+    from compiler.codegen.parallel_loops import MIN_BYTES  # it builds on this module
+
+    return f"threads<={max_threads()} min_flops={MIN_FLOPS} min_bytes={MIN_BYTES}"
 
 
 def needs(ir_text: str) -> list[str]:
