@@ -254,6 +254,20 @@ class Kernel:
         extra = self._manifest.get("extra")
         return copy.deepcopy(extra.get(name, default)) if isinstance(extra, dict) else default
 
+    def profile_counters(self) -> np.ndarray | None:
+        """A profiled build's counters (compile(..., profile=True)), else None: a live uint64
+        view (steps + 1, 2) of (cycles, calls) into the workspace, row 0 the whole call.
+        Zero it to restart; read it between calls (calls on this Kernel update it)."""
+        info = self._manifest.get("extra", {}).get("profile")
+        if not isinstance(info, dict) or not isinstance(info.get("steps"), list) or self._workspace is None:
+            return None
+        offset, rows = info.get("offset"), len(info["steps"]) + 1
+        # a hostile manifest must not give a view outside the workspace
+        if type(offset) is not int or offset < 0 or offset % 8 or offset + 16 * rows > self.workspace_bytes:
+            return None
+        start = self._workspace_ptr - self._workspace.ctypes.data + offset
+        return self._workspace[start:start + 16 * rows].view(np.uint64).reshape(rows, 2)
+
     @property
     def object_code(self) -> bytes:
         return self._code

@@ -34,6 +34,7 @@ class Build:
     kernels: int  # distinct kernel functions
     kernel_calls: int = 0  # kernels the entry function calls (loops over memory), output copies included
     timings: dict = field(default_factory=dict)
+    profile: dict | None = None  # a profiled build: where its counters are and what each one times
 
 
 def _symbol(name: str) -> str:
@@ -48,29 +49,32 @@ def _graph_passes(graph: Graph, opt_level: int, dump_dir: str | None = None) -> 
     return optimize(graph, min(opt_level, 2), dump_dir=dump_dir)
 
 
-def build(graph: Graph, opt_level: int, dump_dir: str | None = None) -> Build:
+def build(graph: Graph, opt_level: int, dump_dir: str | None = None, profile: bool = False) -> Build:
     """Graph passes and LLVM IR emission (no LLVM work yet)."""
     start = time.perf_counter()
     optimized = _graph_passes(graph, opt_level, dump_dir)
     passes = time.perf_counter()
     module_builder = ModuleBuilder(graph.name)
-    emitter = GraphEmitter(module_builder, optimized)
+    emitter = GraphEmitter(module_builder, optimized, profile=profile)
     symbol = _symbol(graph.name)
     emitter.emit(symbol)
     text = str(module_builder.module)
     done = time.perf_counter()
     kernels = sum(1 for f in module_builder.module.functions if f.name.startswith("k."))
     calls = len(emitter.steps) + len(emitter.copies)
-    return Build(optimized, symbol, text, emitter.workspace_bytes, kernels, calls,
-                 {"graph_passes": passes - start, "emit_ir": done - passes})
+    result = Build(optimized, symbol, text, emitter.workspace_bytes, kernels, calls,
+                   {"graph_passes": passes - start, "emit_ir": done - passes})
+    if profile:
+        result.profile = {"offset": emitter.profile_region, "steps": emitter.profile_steps}
+    return result
 
 
 def _llvm_module(graph: Graph, opt_level: int, verified: bool = False,
-                 dump_dir: str | None = None) -> tuple[Build, Any]:
+                 dump_dir: str | None = None, profile: bool = False) -> tuple[Build, Any]:
     target.check_opt_level(opt_level)
     if not verified:
         verify(graph)
-    result = build(graph, opt_level, dump_dir)
+    result = build(graph, opt_level, dump_dir, profile)
     start = time.perf_counter()
     module = target.parse(result.ir_text, opt_level)
     parsed = time.perf_counter()
@@ -83,9 +87,9 @@ def _llvm_module(graph: Graph, opt_level: int, verified: bool = False,
     return result, module
 
 
-def llvm_ir(graph: Graph, opt_level: int = 2) -> str:
+def llvm_ir(graph: Graph, opt_level: int = 2, profile: bool = False) -> str:
     """The optimized LLVM IR text of the compiled graph."""
-    return str(_llvm_module(graph, opt_level)[1])
+    return str(_llvm_module(graph, opt_level, profile=profile)[1])
 
 
 def assembly(graph: Graph, opt_level: int = 2) -> str:
@@ -120,12 +124,13 @@ def _manifest(graph: Graph, result: Build, opt_level: int, key: str | None) -> d
             "status_codes": {str(code): text for code, text in STATUS.items()},
             "needs": codegen_parallel.needs(result.ir_text),
             "timings": {k: round(v, 6) for k, v in result.timings.items()},
+            **({"profile": result.profile} if result.profile is not None else {}),
         },
     )
 
 
 def compile(graph: Graph, opt_level: int = 2, *, cache: bool = True, parallel: bool | None = None,  # noqa: A001
-            dump_dir: str | None = None) -> Any:
+            dump_dir: str | None = None, profile: bool = False) -> Any:
     """Compile `graph` to native code for this CPU; returns a callable runtime.Kernel.
 
     kernel(*args) takes the arguments the graph was traced with (same pytree) and
@@ -134,15 +139,17 @@ def compile(graph: Graph, opt_level: int = 2, *, cache: bool = True, parallel: b
     Large matmuls run on all cores through OpenMP (libgomp; OMP_NUM_THREADS is respected);
     parallel=False or PULLBACK_THREADS=1 compiles serial code. dump_dir=DIR writes the IR
     after every graph pass (numbered .txt and .dot files) and the optimized LLVM IR
-    (llvm.ll) there, compiling afresh rather than from the cache.
+    (llvm.ll) there, compiling afresh rather than from the cache. profile=True builds an
+    instrumented kernel that counts cycles per kernel call (compiler/codegen/profiling.py:
+    report(kernel) prints the tables); the default build has no instrumentation.
     """
     if parallel is None:  # keep whatever an enclosing parallel.configured(...) chose
-        return _compile(graph, opt_level, cache, dump_dir)
+        return _compile(graph, opt_level, cache, dump_dir, profile)
     with codegen_parallel.configured(parallel):
-        return _compile(graph, opt_level, cache, dump_dir)
+        return _compile(graph, opt_level, cache, dump_dir, profile)
 
 
-def _compile(graph: Graph, opt_level: int, cache: bool, dump_dir: str | None = None) -> Any:
+def _compile(graph: Graph, opt_level: int, cache: bool, dump_dir: str | None = None, profile: bool = False) -> Any:
     import compiler
     import runtime
 
@@ -153,13 +160,15 @@ def _compile(graph: Graph, opt_level: int, cache: bool, dump_dir: str | None = N
         verify(graph)  # reuses what an earlier verify of the unchanged graph found
         key = None
         if compile_cache.enabled(cache):
-            key = compile_cache.cache_key(graph, opt_level, target.host(), compiler.__version__)
+            # a profiled build is another artifact: its key differs, the default key does not
+            version = compiler.__version__ + ("+profile" if profile else "")
+            key = compile_cache.cache_key(graph, opt_level, target.host(), version)
             hit = compile_cache.load(key) if dump_dir is None else None
             if hit is not None:
                 return hit
     if dump_dir is not None:
         os.makedirs(dump_dir, exist_ok=True)
-    result, module = _llvm_module(graph, opt_level, verified=True, dump_dir=dump_dir)
+    result, module = _llvm_module(graph, opt_level, verified=True, dump_dir=dump_dir, profile=profile)
     start = time.perf_counter()
     code = target.emit_object(module, opt_level)
     result.timings["llvm_codegen"] = time.perf_counter() - start

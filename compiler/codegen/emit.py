@@ -10,6 +10,10 @@ The entry function is a straight line of calls to kernel functions (one per dist
 signature and aliasing, noinline, so LLVM's cost grows with the number of distinct
 kernels, not with graph size), then copies for outputs that are not computed in place
 (an input, a view, a constant, or one value returned twice).
+A transposed view that several matmuls read as their B operand is copied once, before
+the first of them, into a contiguous workspace buffer they all read (_materialize).
+With profile=True every call is timed by cycle counters in a workspace region after the
+planned buffers (profiling.py); the default build has no trace of it.
 
 Entry ABI (shared with compiled fixed_point bodies):
     int32_t f(void **inputs, void **outputs, void *workspace)   // 0 = success
@@ -24,7 +28,7 @@ from typing import Any
 import numpy as np
 from llvmlite import ir
 
-from compiler.codegen import memplan
+from compiler.codegen import memplan, profiling
 from compiler.codegen.loops import I8, I32, Layout, const
 from compiler.codegen.lower import LOWERINGS, KernelCtx, Lowering, Operand, constant_bytes
 from compiler.codegen.scalar import LLVM_TYPES
@@ -201,14 +205,19 @@ def _clean(name: str) -> str:
 class GraphEmitter:
     """Plans one graph's values onto buffers and emits its entry-ABI function."""
 
-    def __init__(self, module_builder: ModuleBuilder, graph: Graph, in_place: bool | None = None) -> None:
+    def __init__(self, module_builder: ModuleBuilder, graph: Graph, in_place: bool | None = None,
+                 profile: bool = False) -> None:
         self.mb = module_builder
         self.graph = graph
         self.in_place = IN_PLACE if in_place is None else in_place
+        self.profile = profile  # count cycles per call into a workspace region (profiling.py)
+        self.profile_region = -1
+        self.profile_steps: list[dict] = []  # per counter slot, filled by emit()
         self.steps: list[Step] = []
         self.copies: list[tuple[int, Value]] = []
         self.workspace_bytes = 0
         self.in_place_steps = 0
+        self.materialized = 0  # transposed matmul operands copied once (_materialize)
         self._plan()
 
     # ---- planning
@@ -236,6 +245,7 @@ class GraphEmitter:
             output_slot.setdefault(node_id, slot)
         values: dict[int, Value] = {}
         workspace: list[Buffer] = []
+        b_uses = _b_operand_uses(graph, [n for n in order if n in needed])
         for position, node_id in enumerate(order):
             if node_id not in needed:
                 continue
@@ -254,6 +264,11 @@ class GraphEmitter:
                 layout = Layout(t.shape, (0,) * t.rank) if broadcast else Layout.contiguous(t.shape)
                 values[node_id] = Value(buffer, layout, t.dtype)
                 continue
+            b_index = _b_operand(node)
+            if b_index is not None:
+                source = node.operands[b_index]
+                if b_uses.get(source, 0) >= MATERIALIZE_MIN and _transposed(values[source]):
+                    values[source] = self._materialize(source, values[source], position, workspace)
             operands = [values[o] for o in node.operands]
             types = [graph.node(o).type for o in node.operands]
             if lowering.view is not None:
@@ -293,6 +308,28 @@ class GraphEmitter:
         if self.in_place:  # every buffer's last reader is known only now
             self.in_place_steps = memplan.share_in_place(self.steps)
         self.workspace_bytes = memplan.assign_offsets(workspace)
+        if self.profile:  # after every planned buffer, so no kernel ever writes the counters
+            self.profile_region = profiling.region_offset(self.workspace_bytes)
+            self.workspace_bytes = self.profile_region + profiling.region_bytes(len(self.steps) + len(self.copies))
+
+    def _materialize(self, node_id: int, value: Value, position: int, workspace: list[Buffer]) -> Value:
+        """`value` (a transposed view) copied once into a contiguous workspace buffer.
+
+        A matmul packs a B operand whose rows are not contiguous (W^T in a backward's
+        g @ W^T) on every call; an RNN's backward makes that product once per time step
+        with the same W^T, so one copy that every step reads in place is cheaper."""
+        value.buffer.last = max(value.buffer.last, position)
+        shape = value.layout.shape
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(value.dtype).itemsize
+        buffer = Buffer("workspace", nbytes, first=position, last=position)
+        workspace.append(buffer)
+        out = Value(buffer, Layout.contiguous(shape), value.dtype)
+        node = self.graph.node(node_id)
+        self.steps.append(Step("copy", LOWERINGS["copy"], {}, out, [value],
+                               label=f"%{node_id} {node.op} made contiguous for its matmuls{_at(node.loc)}",
+                               position=position))
+        self.materialized += 1
+        return out
 
     # ---- emission
     def emit(self, name: str, linkage: str = "external") -> ir.Function:
@@ -307,9 +344,15 @@ class GraphEmitter:
         for slot, value in self.copies:
             out = Value(Buffer("output", 0, index=slot), Layout.contiguous(value.layout.shape), value.dtype)
             steps.append(Step("copy", LOWERINGS["copy"], {}, out, [value]))
+        if self.profile:
+            inner = self._calls(self.mb.unique(f"{name}.profiled"), "internal", steps)
+            return profiling.timed_entry(self.mb.module, name, linkage, inner, self.profile_region)
+        return self._calls(name, linkage, steps)
+
+    def _calls(self, name: str, linkage: str, steps: list[Step]) -> ir.Function:
         if len(steps) <= CHUNK:
             return self._straight_line(name, linkage, steps)
-        chunks = [self._straight_line(self.mb.unique(f"{name}.part{i}"), "internal", steps[start:start + CHUNK])
+        chunks = [self._straight_line(self.mb.unique(f"{name}.part{i}"), "internal", steps[start:start + CHUNK], start)
                   for i, start in enumerate(range(0, len(steps), CHUNK))]
         fn = _entry_function(self.mb.module, name, linkage)
         builder = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -320,7 +363,7 @@ class GraphEmitter:
         builder.ret(ir.Constant(I32, 0))
         return fn
 
-    def _straight_line(self, name: str, linkage: str, steps: list[Step]) -> ir.Function:
+    def _straight_line(self, name: str, linkage: str, steps: list[Step], first: int = 0) -> ir.Function:
         fn = _entry_function(self.mb.module, name, linkage)
         ins, outs, ws = fn.args
         builder = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -346,11 +389,15 @@ class GraphEmitter:
             return ptr
 
         null = ir.Constant(PTR, None)
-        for step in steps:
+        for index, step in enumerate(steps, first):
             kernel = self.mb.kernel(step)
             args = [pointer(step.out)] + [pointer(v) for v in step.ins]
             args.append(base(step.scratch) if step.scratch is not None else null)
-            status = builder.call(kernel, args)
+            if self.profile:
+                self.profile_steps.append(profiling.describe(step, kernel.name))
+                status = profiling.timed_call(builder, ws, self.profile_region, index, kernel, args)
+            else:
+                status = builder.call(kernel, args)
             if step.lowering.may_fail:
                 failed = builder.icmp_signed("!=", status, ir.Constant(I32, 0))
                 with builder.if_then(failed, likely=False):
@@ -360,6 +407,35 @@ class GraphEmitter:
 
 
 CHUNK = 256  # calls per function
+MATERIALIZE_MIN = 2  # matmuls reading one transposed B operand that make it worth a contiguous copy
+
+
+def _b_operand(node: Any) -> int | None:
+    """Which operand of `node` is the B of a matrix product (matmul, or a matmul fusion)."""
+    if node.op == "matmul":
+        return 1
+    if node.op == "fusion" and node.attrs.get("kind") == "matmul":
+        from compiler.codegen.fused import matmul_parts  # fused.py imports this package's lower.py
+
+        return matmul_parts(node.attrs["body"]).b
+    return None
+
+
+def _b_operand_uses(graph: Graph, order: list[int]) -> dict[int, int]:
+    uses: dict[int, int] = {}
+    for node_id in order:
+        node = graph.node(node_id)
+        index = _b_operand(node)
+        if index is not None:
+            uses[node.operands[index]] = uses.get(node.operands[index], 0) + 1
+    return uses
+
+
+def _transposed(value: Value) -> bool:
+    """A float matrix whose rows are not contiguous: what matmul.py would pack per call."""
+    layout = value.layout
+    return (value.dtype in ("float32", "float64") and len(layout.shape) == 2 and layout.shape[1] > 1
+            and layout.strides[1] != 1 and 0 not in layout.shape)
 IN_PLACE = True  # the default for GraphEmitter(in_place=None); tests compare both
 
 

@@ -169,10 +169,17 @@ def elementwise_in_place(attrs: dict, layouts: Sequence[Layout], types: Sequence
                  if tuple(t.shape) == tuple(result.shape) and np.dtype(t.dtype).itemsize == size)
 
 
+def _emit_copy(ctx: KernelCtx) -> None:
+    from compiler.codegen.matmul import transposed_copy  # matmul.py builds on this module
+
+    if not transposed_copy(ctx):
+        emit_elementwise(ctx)
+
+
 def _register_elementwise() -> None:
     for name in SCALAR_OPS:
-        if name == "copy":  # only ever copies into an output buffer: nothing to share
-            register(Lowering(name, emit=emit_elementwise))
+        if name == "copy":  # into an output, or a transposed matmul operand made contiguous (emit.py)
+            register(Lowering(name, emit=_emit_copy))
         elif name != "stop_gradient":
             register(Lowering(name, emit=emit_elementwise, in_place=elementwise_in_place))
 

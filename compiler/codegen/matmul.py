@@ -18,6 +18,9 @@ when its rows are not contiguous (a transposed view such as the backward's g @ W
 VL x VL tiles are transposed in registers with shuffles, so no separate copy) or when
 M is large enough (TUNING["pack_b_min_m"]) that a contiguous, zero-padded copy pays;
 otherwise the micro-kernel reads B's rows in place (measured faster for M <= 64).
+A transposed B that several products read (an RNN backward's g @ W^T, once per time
+step) is instead copied once by the entry function (emit.py, `transposed_copy` here: the
+same register transposes), and every product reads the copy in place.
 
 Edges: the last row tile is a micro-kernel with fewer rows; the last column sliver
 uses fewer vectors, the last of them the narrowest power of two that holds the
@@ -667,19 +670,7 @@ class Generator:
             sliver(const(full), rem)
 
     def _transpose(self, b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
-        """rows[r][c] -> out[c][r] for a VL x VL tile: log2(VL) rounds of pairwise interleaving."""
-        n = len(rows)
-        h = n // 2
-        lo = _indices([(i // 2) + (n if i % 2 else 0) for i in range(n)])
-        hi = _indices([h + (i // 2) + (n if i % 2 else 0) for i in range(n)])
-        while n > 1:
-            new = []
-            for i in range(h):
-                new.append(b.shuffle_vector(rows[i], rows[i + h], lo))
-                new.append(b.shuffle_vector(rows[i], rows[i + h], hi))
-            rows = new
-            n //= 2
-        return rows
+        return transpose_tile(b, rows)
 
     # ---- dot products (N = 1)
     def gemv(self) -> ir.Function:
@@ -819,6 +810,60 @@ class Generator:
                         e_tile = self._at(b, e_row, 0, j, col_scale=nr, col_base=n_base) if es else []
                         b.call(kernel, [a_tile, self.gep(b, bp, _lin(b, s * sliver, (j, sliver))),
                                         self.gep(b, c_row, _lin(b, s * nr, (j, nr)))] + e_tile)
+
+
+def transpose_tile(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """rows[r][c] -> out[c][r] for a VL x VL tile: log2(VL) rounds of pairwise interleaving."""
+    n = len(rows)
+    h = n // 2
+    lo = _indices([(i // 2) + (n if i % 2 else 0) for i in range(n)])
+    hi = _indices([h + (i // 2) + (n if i % 2 else 0) for i in range(n)])
+    while n > 1:
+        new = []
+        for i in range(h):
+            new.append(b.shuffle_vector(rows[i], rows[i + h], lo))
+            new.append(b.shuffle_vector(rows[i], rows[i + h], hi))
+        rows = new
+        n //= 2
+    return rows
+
+
+def transposed_copy(ctx: KernelCtx) -> bool:
+    """out = a float matrix stored column by column (strides (1, ld), e.g. W^T), copied
+    VL x VL tiles at a time, transposed in registers; the edges element by element. A
+    scalar strided copy of W^T runs at a few elements per ns; this is a vector load and
+    store per VL elements. False (nothing emitted) when the operand is not such a matrix."""
+    (src,), out, b = ctx.ins, ctx.out, ctx.b
+    if src.dtype not in FLOAT or out.dtype != src.dtype or len(out.layout.shape) != 2:
+        return False
+    rows, cols = out.layout.shape
+    if src.layout.strides[0] != 1 or src.layout.strides[1] < rows or rows == 0 or cols == 0:
+        return False
+    ld = src.layout.strides[1]
+    vl = simd()[0] // ITEMSIZE[src.dtype]
+    t = LLVM_TYPES[src.dtype]
+    vt = ir.VectorType(t, vl)
+    row_tiles, col_tiles = rows // vl, cols // vl
+    if row_tiles and col_tiles:
+        with _loop(b, col_tiles, "tc") as tc, _loop(b, row_tiles, "tr") as tr:
+            corner_src = b.gep(src.ptr, [_lin(b, 0, (tc, vl * ld), (tr, vl))], source_etype=t)
+            corner_out = b.gep(out.ptr, [_lin(b, 0, (tr, vl * cols), (tc, vl))], source_etype=t)
+            vecs = [b.load(b.gep(corner_src, [const(j * ld)], source_etype=t), typ=vt, align=ITEMSIZE[src.dtype])
+                    for j in range(vl)]
+            for q, vec in enumerate(transpose_tile(b, vecs)):
+                b.store(vec, b.gep(corner_out, [const(q * cols)], source_etype=t), align=ITEMSIZE[src.dtype])
+    done_rows, done_cols = row_tiles * vl, col_tiles * vl
+
+    def scalar(shape: tuple[int, int], row0: int, col0: int) -> None:
+        if 0 in shape:
+            return
+        with nest(b, shape, [(cols, 1), (1, ld)], bases=[row0 * cols + col0, row0 + col0 * ld]) as (o, i):
+            value = b.load(b.gep(src.ptr, [i], source_etype=t), typ=t)
+            b.store(value, b.gep(out.ptr, [o], source_etype=t))
+
+    scalar((rows, cols - done_cols), 0, done_cols)  # the last columns, every row
+    scalar((rows - done_rows, done_cols), done_rows, 0)  # the last rows, the tiled columns
+    return True
 
 
 def parallel_product(module: ir.Module, p: Problem, pl: Plan, sp: Split, epi: Epilogue | None = None,

@@ -7,6 +7,8 @@ Accuracy is normwise, as for a BLAS: max |C - C_ref| <= rtol * max(|A| @ |B|).
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -434,3 +436,62 @@ def test_accumulating_in_place(dtype, mkn, threads, monkeypatch):
         assert len(_in_place_steps(graph)) == 3
         got = compile_graph(graph, cache=False)(*args)
         np.testing.assert_allclose(got, compiler.evaluate(graph, *args), rtol=8 * RTOL[dtype], atol=4 * k * RTOL[dtype])
+
+
+# ---------------------------------------------------------------- transposed operands made contiguous
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,cut", [((128, 128), None), ((160, 512), (32, None)), ((37, 19), None),
+                                       ((5, 3), None), ((40, 33), (3, 30)), ((16, 17), (1, 16))])
+def test_a_transposed_copy_is_exact(dtype, shape, cut):
+    # W^T (or a column range of it) copied out: the vector tiles, and the scalar edges
+    def f(w):
+        t = ops.transpose(w)
+        return t if cut is None else t[:, cut[0]:cut[1]]
+
+    w = normal(shape, dtype, 3)
+    want = w.T if cut is None else w.T[:, cut[0]:cut[1]]
+    np.testing.assert_array_equal(run(f, w), want)
+
+
+def copies(result):
+    return len(re.findall(r'call void @"?k\.copy', result.ir_text))
+
+
+def rnn_like(w_t_uses):
+    def f(h, w):
+        g = h
+        for _ in range(w_t_uses):
+            g = ops.tanh(g @ ops.transpose(w))  # the backward's g @ W^T, once per time step
+        return g
+    return f
+
+
+def test_a_transposed_b_read_by_several_matmuls_is_copied_once():
+    h, w = normal((16, 48), "float32", 1) * 0.2, normal((48, 48), "float32", 2) * 0.2
+    graph = compiler.trace(rnn_like(5), h, w, name="rnn_like")
+    result = build(graph, 2)
+    assert copies(result) == 1  # one contiguous copy of W^T
+    np.testing.assert_allclose(compile_graph(graph, cache=False)(h, w), compiler.evaluate(graph, h, w),
+                               rtol=1e-5, atol=1e-6)
+    once = build(compiler.trace(rnn_like(1), h, w, name="once"), 2)
+    assert copies(once) == 0  # one product packs it itself: no copy
+
+
+def test_the_copied_operand_lives_until_its_last_matmul():
+    # products interleaved with other work that wants workspace: the planner must keep the
+    # copy alive across all of them (a reuse would feed later steps garbage)
+    def f(x, w, v):
+        outs = []
+        g = x
+        for i in range(6):
+            g = ops.tanh(g @ ops.transpose(w) + ops.exp(g * float(i)) @ v)
+            outs.append(ops.sum(g))
+        return ops.stack(outs)
+
+    args = [normal((8, 24), "float64", 5) * 0.3, normal((24, 24), "float64", 6) * 0.3,
+            normal((24, 24), "float64", 7) * 0.3]
+    graph = compiler.trace(f, *args, name="interleaved")
+    assert copies(build(graph, 2)) == 1
+    for opt_level in (0, 2):
+        got = compile_graph(graph, opt_level=opt_level, cache=False)(*args)
+        np.testing.assert_allclose(got, compiler.evaluate(graph, *args), rtol=1e-12)
