@@ -102,7 +102,7 @@ def cache_token() -> str:
 
 def needs(ir_text: str) -> list[str]:
     """Shared libraries the module's code calls into (for manifest['extra']['needs'])."""
-    return [LIBRARY] if "@GOMP_parallel(" in ir_text else []
+    return [LIBRARY] if "@GOMP_parallel(" in ir_text or "@\"GOMP_parallel\"(" in ir_text else []
 
 
 def _declare(module: ir.Module, name: str, ret: ir.Type, args: Sequence[ir.Type]) -> ir.Function:

@@ -103,6 +103,7 @@ def test_switches(monkeypatch):
     with pytest.raises(ValueError, match=parallel.ENV):
         parallel.max_threads()
     assert parallel.needs("declare void @GOMP_parallel(ptr, ptr, i32, i32)") == [parallel.LIBRARY]
+    assert parallel.needs('call void @"GOMP_parallel"(ptr @f, ptr %d, i32 0, i32 0)') == [parallel.LIBRARY]
     assert parallel.needs("define void @f()") == []
 
 
@@ -120,6 +121,8 @@ def test_bitwise_equal_to_serial(dtype):
     par, ser = build(products, args, True), build(products, args, False)
     assert {"GOMP_parallel", "omp_get_thread_num", "omp_get_max_threads"} <= gomp_symbols(par)
     assert gomp_symbols(ser) == set()
+    # the manifest names the library the runtime must load (llvmlite may quote the symbol)
+    assert par.manifest["extra"]["needs"] == [parallel.LIBRARY] and ser.manifest["extra"]["needs"] == []
     for x, y in zip(par(*args), ser(*args), strict=True):
         assert x.tobytes() == y.tobytes()
     a, b = args[0], args[1]
