@@ -161,6 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--calls", type=_positive, default=20, metavar="N", help="timed calls (default: 20)")
     run.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random inputs (default: 0)")
     run.set_defaults(handler=cmd_run)
+
+    prof = sub.add_parser(
+        "profile", parents=[common], formatter_class=raw,
+        help="compile a model's training step with cycle counters and print where its time goes",
+        description="Compile MODEL's value-and-gradient kernel instrumented (a cycle counter around every "
+                    "kernel call), call it on random inputs, print the time per step, per kernel function "
+                    "and per op (medians over 5 rounds).",
+    )
+    prof.add_argument("model", metavar="MODEL", help="model file (.py) or IR text file")
+    prof.add_argument("--opt-level", type=_opt_level, default=2, metavar="N", help="0-3 (default: 2)")
+    prof.add_argument("--calls", type=_positive, default=50, metavar="N", help="calls per round (default: 50)")
+    prof.add_argument("--top", type=_positive, default=15, metavar="K", help="rows per table (default: 15)")
+    prof.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random inputs (default: 0)")
+    prof.set_defaults(handler=cmd_profile)
     return parser
 
 
@@ -423,7 +437,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
 
     import runtime
-    from runtime.pytree import flatten, treedef_from_text, unflatten
+    from runtime.pytree import flatten
 
     load = getattr(runtime, "load", None)
     if load is None:
@@ -438,13 +452,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CLIError(_one_line(exc, args.artifact)) from exc
 
     manifest = getattr(kernel, "manifest", {}) or {}
-    rng = np.random.default_rng(args.seed)
-    arrays = [_random_input(rng, entry) for entry in manifest.get("inputs", [])]
-    call_args: Any = arrays
-    if "in_tree" in manifest:
-        tree = unflatten(treedef_from_text(manifest["in_tree"]), arrays)
-        call_args = list(tree) if isinstance(tree, tuple) else [tree]
-
+    call_args = _random_call_args(manifest, args.seed)
     try:
         result = kernel(*call_args)  # warm-up: page in code, fill caches
         times = []
@@ -463,6 +471,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{name}: loss = {shown} ({len(leaves)} outputs, inputs seeded with {args.seed})")
     p10, p50, p90 = (_duration(float(v)) for v in np.percentile(times, [10, 50, 90]))
     print(f"{args.calls} calls: median {p50} (p10 {p10}, p90 {p90})")
+    return EXIT_OK
+
+
+def _random_call_args(manifest: dict, seed: int) -> list:
+    """Random arguments for a kernel with this manifest, in its input pytree."""
+    import numpy as np
+
+    from runtime.pytree import treedef_from_text, unflatten
+
+    rng = np.random.default_rng(seed)
+    arrays = [_random_input(rng, entry) for entry in manifest.get("inputs", [])]
+    if "in_tree" not in manifest:
+        return arrays
+    tree = unflatten(treedef_from_text(manifest["in_tree"]), arrays)
+    return list(tree) if isinstance(tree, tuple) else [tree]
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    _check_model_path(args.model)
+    step = _Pipeline(args.model, args.opt_level).get("backward")
+    compile_fn = _codegen("compile", "compile")
+    kernel = _stage_call("compile", args.model, lambda: compile_fn(step, opt_level=args.opt_level, profile=True))
+    from compiler.codegen import profiling
+
+    call_args = _random_call_args(kernel.manifest, args.seed)
+    try:
+        profile = profiling.measure(kernel, lambda: kernel(*call_args), calls=args.calls, rounds=5)
+    except Exception as exc:  # noqa: BLE001 - CallError, KernelError: a runtime failure
+        raise CLIError(_one_line(exc, args.model), EXIT_FAILURE) from exc
+    print(profiling.report(profile, top=args.top))
     return EXIT_OK
 
 

@@ -325,6 +325,18 @@ def test_compile_then_run(capsys, tmp_path, name):
     np.testing.assert_allclose(float(match.group(1)), float(expected), rtol=1e-4)
 
 
+def test_profile_names_the_kernels_of_the_step(capsys):
+    require(codegen_available(), "the code generator (compiler.codegen)")
+    code, out, err = pullback(capsys, "profile", example_path("mlp"), "--calls", "3", "--top", "4")
+    assert code == 0, err
+    header, *rest = out.splitlines()
+    assert re.match(r"value_and_grad_mlp: [0-9.]+ us per call in native code \(15 calls, [0-9]+ steps", header), header
+    assert "by kernel function:" in out and re.search(r"k\.matmul\.\d+ +matmul, 64x64, 64x64 -> 64x64", out), out
+    assert re.search(r"by op: .*matmul", out)
+    code, out, err = pullback(capsys, "profile", example_path("no_such_model"))
+    assert code != 0 and "no_such_model" in one_line_error(err)
+
+
 def test_compile_to_a_missing_directory(capsys, tmp_path):
     require(codegen_available(), "the code generator (compiler.codegen)")
     code, out, err = pullback(capsys, "compile", example_path("chain_rule"), "-o", tmp_path / "no" / "such" / "x.pbk")
