@@ -41,3 +41,13 @@ def sections(graph: Graph) -> list[str]:
 def main_body(graph: Graph) -> str:
     """The main section without its header lines (like `body`, without the fusion bodies)."""
     return sections(graph)[0].split("\n", 3)[3]
+
+
+def simplified(fn, *specs) -> Graph:
+    """fn traced, then algebraic simplification and DCE (each must verify)."""
+    from compiler.passes import AlgebraicSimplification, DeadCodeElimination
+
+    graph = compiler.trace(fn, *specs)
+    run(AlgebraicSimplification(), graph)
+    run(DeadCodeElimination(), graph)
+    return graph

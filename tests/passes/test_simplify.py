@@ -9,16 +9,9 @@ from compiler import Spec, ops
 from compiler.ops.tensor import apply
 from compiler.passes import AlgebraicSimplification, DeadCodeElimination
 from compiler.passes.simplify import RULES
-from tests.passes.support import body, expected, ops_of, run
+from tests.passes.support import body, expected, ops_of, run, simplified
 
 SIMPLIFY = AlgebraicSimplification()
-
-
-def simplified(fn, *specs):
-    graph = compiler.trace(fn, *specs)
-    run(SIMPLIFY, graph)
-    run(DeadCodeElimination(), graph)
-    return graph
 
 
 def test_multiplicative_identities_and_negation():

@@ -6,16 +6,9 @@ import compiler
 from compiler import Spec, ops
 from compiler.codegen import compile as compile_graph
 from compiler.passes import AlgebraicSimplification, DeadCodeElimination
-from tests.passes.support import body, expected, ops_of, run
+from tests.passes.support import body, expected, ops_of, run, simplified
 
 SIMPLIFY = AlgebraicSimplification()
-
-
-def simplified(fn, *specs):
-    graph = compiler.trace(fn, *specs)
-    run(SIMPLIFY, graph)
-    run(DeadCodeElimination(), graph)
-    return graph
 
 
 def test_kept_columns_slice_b_and_kept_rows_slice_a():
