@@ -31,7 +31,6 @@ fusion (fusion_scratch) and the operands a result may overwrite (fusion_in_place
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -41,7 +40,7 @@ from llvmlite import ir
 from compiler.codegen import matmul
 from compiler.codegen import scalar as S
 from compiler.codegen.loops import Layout, contiguous_strides, nest
-from compiler.codegen.lower import LOWERINGS, KernelCtx, Operand, broadcast_strides
+from compiler.codegen.lower import KernelCtx, Operand, broadcast_strides
 from compiler.codegen.parallel_loops import nest_bytes, split_nest
 from compiler.ir.graph import Graph
 from compiler.ir.types import FLOAT_DTYPES
@@ -301,9 +300,3 @@ def fusion_in_place(attrs: dict, layouts: Sequence[Layout], types: Sequence[Any]
         init = matmul_parts(attrs["body"]).init
         return (init,) if init is not None and exact(init) else ()
     return ()
-
-
-# lower.py registers the fusion rule with its emit only (it cannot import this module at
-# load time: this module builds on it); the planning rules join here, and matmul.py, which
-# codegen imports at start-up, imports this module, so they are in place before planning.
-LOWERINGS["fusion"] = dataclasses.replace(LOWERINGS["fusion"], scratch=fusion_scratch, in_place=fusion_in_place)

@@ -187,13 +187,28 @@ def _register_elementwise() -> None:
 _register_elementwise()
 
 
+# The fusion rules live in compiler/codegen/fused.py, which builds on this module: imported
+# when first used.
 def _emit_fusion(ctx: KernelCtx) -> None:
-    from compiler.codegen.fused import emit_fusion  # fused.py builds on this module
+    from compiler.codegen.fused import emit_fusion
 
     emit_fusion(ctx)
 
 
-register(Lowering("fusion", emit=_emit_fusion))  # one loop for a group of ops: compiler/codegen/fused.py
+def _fusion_scratch(module_builder: Any, attrs: dict, layouts: Sequence[Layout], types: Sequence[Any],
+                    result: Any) -> int:
+    from compiler.codegen.fused import fusion_scratch
+
+    return fusion_scratch(module_builder, attrs, layouts, types, result)
+
+
+def _fusion_in_place(attrs: dict, layouts: Sequence[Layout], types: Sequence[Any], result: Any) -> tuple[int, ...]:
+    from compiler.codegen.fused import fusion_in_place
+
+    return fusion_in_place(attrs, layouts, types, result)
+
+
+register(Lowering("fusion", emit=_emit_fusion, scratch=_fusion_scratch, in_place=_fusion_in_place))
 
 # ---------------------------------------------------------------- views
 register(Lowering("stop_gradient", emit=emit_elementwise, view=lambda attrs, ls, ts, t: ls[0]))

@@ -947,8 +947,3 @@ def emit_product(ctx: KernelCtx, a: Operand, bm: Operand, epi: Epilogue | None =
 
 __all__ = ["emit", "emit_product", "Epilogue", "scratch_bytes", "supported", "naive", "plan", "describe", "split",
            "Problem", "Plan", "Split", "TUNING"]
-
-# The fusion lowering's planning rules (scratch, in_place) live in fused.py, which builds on
-# this module; codegen imports this module at start-up, so importing fused.py here puts
-# them in place before any graph is planned.
-from compiler.codegen import fused as _fused  # noqa: E402,F401
