@@ -14,6 +14,7 @@ from compiler.ir.graph import Graph
 from compiler.ir.parser import parse
 from compiler.ir.printer import dump
 from runtime.pytree import LEAF
+from tests.ir.support import check_parses_or_raises_parse_error, edits, mutate
 
 
 def assert_round_trip(graph, names=None):
@@ -545,25 +546,6 @@ _FUZZ_BASE = dump(compiler.value_and_grad(compiler.trace(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["delete", "insert", "swap"]), st.integers(0, 10**6),
-                          st.text(alphabet="%=(){}[]:,#'\"\\ \nab01.-_*xf32i64", min_size=1, max_size=3)),
-                min_size=1, max_size=3))
-def test_mutated_text_parses_or_raises_parse_error(edits):
-    source = _FUZZ_BASE
-    for action, where, chars in edits:
-        where %= len(source) + 1
-        if action == "delete":
-            source = source[:where] + source[where + len(chars):]
-        elif action == "insert":
-            source = source[:where] + chars + source[where:]
-        else:
-            lines = source.splitlines(keepends=True)
-            k = where % len(lines)
-            lines[k], lines[k - 1] = lines[k - 1], lines[k]
-            source = "".join(lines)
-    try:
-        graph = parse(source)
-    except ParseError as exc:
-        assert re.match(r"line \d+: |graph .* does not verify", str(exc)), str(exc)
-        return
-    assert dump(parse(dump(graph))) == dump(graph)
+@given(edits("%=(){}[]:,#'\"\\ \nab01.-_*xf32i64", 3))
+def test_mutated_text_parses_or_raises_parse_error(changes):
+    check_parses_or_raises_parse_error(mutate(_FUZZ_BASE, changes))
