@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 from llvmlite import ir
 
 from compiler.codegen import matmul, parallel
-from compiler.codegen.loops import I1, I32, I64, const, for_range
+from compiler.codegen.loops import I1, I32, I64, carry_loop, const, for_range
 from compiler.codegen.scalar import ITEMSIZE, LLVM_TYPES
 
 PTR = ir.PointerType()
@@ -373,35 +373,6 @@ class Vec:
             hi = self.b.shuffle_vector(v, v, indices(range(w, 2 * w)))
             v = self.b.fadd(lo, hi)
         return self.b.extract_element(v, ir.Constant(I32, 0))
-
-
-def carry_loop(b: ir.IRBuilder, count: int, state: list[ir.Value],
-               body: Callable[[list[ir.Value], ir.Value | int], list[ir.Value]]) -> list[ir.Value]:
-    """state = body(state, i) for i in 0..count-1 with the state in phis (registers);
-    count 1 is emitted without a loop, 0 returns state unchanged."""
-    if count <= 0:
-        return state
-    if count == 1:
-        return body(state, 0)
-    fn = b.function
-    pre = b.block
-    loop = fn.append_basic_block("carry.loop")
-    b.branch(loop)
-    b.position_at_end(loop)
-    i = b.phi(I64, name="i")
-    i.add_incoming(const(0), pre)
-    phis = [b.phi(v.type) for v in state]
-    new = body(list(phis), i)
-    latch = b.block
-    for phi, init, value in zip(phis, state, new):
-        phi.add_incoming(init, pre)
-        phi.add_incoming(value, latch)
-    following = b.add(i, const(1), flags=("nuw", "nsw"))
-    i.add_incoming(following, latch)
-    done = fn.append_basic_block("carry.end")
-    b.cbranch(b.icmp_signed("<", following, const(count)), loop, done)
-    b.position_at_end(done)
-    return new
 
 
 def internal_function(module: ir.Module, name: str, args: Sequence[ir.Type]) -> tuple[ir.Function, bool]:

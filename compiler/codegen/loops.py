@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from llvmlite import ir
 
@@ -140,3 +140,33 @@ def nest(b: ir.IRBuilder, shape: Sequence[int], strides_list: Sequence[Sequence[
                     next_offsets.append(b.add(off, step, flags=("nsw",)))
             offsets = next_offsets
         yield offsets
+
+
+def carry_loop(b: ir.IRBuilder, count: int, state: list[ir.Value],
+               body: Callable[[list[ir.Value], ir.Value | int], list[ir.Value]]) -> list[ir.Value]:
+    """state = body(state, i) for i in 0..count-1 with the state in phis (registers, for
+    accumulators of matmul and conv micro-kernels);
+    count 1 is emitted without a loop, 0 returns state unchanged."""
+    if count <= 0:
+        return state
+    if count == 1:
+        return body(state, 0)
+    fn = b.function
+    pre = b.block
+    loop = fn.append_basic_block("carry.loop")
+    b.branch(loop)
+    b.position_at_end(loop)
+    i = b.phi(I64, name="i")
+    i.add_incoming(const(0), pre)
+    phis = [b.phi(v.type) for v in state]
+    new = body(list(phis), i)
+    latch = b.block
+    for phi, init, value in zip(phis, state, new):
+        phi.add_incoming(init, pre)
+        phi.add_incoming(value, latch)
+    following = b.add(i, const(1), flags=("nuw", "nsw"))
+    i.add_incoming(following, latch)
+    done = fn.append_basic_block("carry.end")
+    b.cbranch(b.icmp_signed("<", following, const(count)), loop, done)
+    b.position_at_end(done)
+    return new

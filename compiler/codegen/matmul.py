@@ -78,7 +78,7 @@ from typing import Callable, Iterator, Sequence
 from llvmlite import ir
 
 from compiler.codegen import parallel, target
-from compiler.codegen.loops import I32, I64, I8, Layout, const, for_range, nest, simplify
+from compiler.codegen.loops import I32, I64, I8, Layout, carry_loop, const, for_range, nest, simplify
 from compiler.codegen.lower import KernelCtx, Operand
 from compiler.codegen.scalar import ITEMSIZE, LLVM_TYPES
 
@@ -385,28 +385,15 @@ def _indices(values: Sequence[int]) -> ir.Constant:
 def _k_loop(b: ir.IRBuilder, trips: int, acc: list, step: Callable) -> list:
     """acc = step(acc, k) for k in 0..trips-1; acc (lists of vectors) lives in phis, i.e.
     registers, through the loop. LLVM may unroll it."""
-    if trips <= 1:
-        return step(acc, 0) if trips else acc
-    fn = b.function
-    pre = b.block
-    body = fn.append_basic_block("k.loop")
-    b.branch(body)
-    b.position_at_end(body)
-    k = b.phi(I64, name="k")
-    k.add_incoming(const(0), pre)
-    phis = [[b.phi(v.type) for v in row] for row in acc]
-    cur = step(phis, k)
-    k_next = b.add(k, const(1), flags=("nuw", "nsw"))
-    latch = b.block
-    for phi_row, init_row, cur_row in zip(phis, acc, cur):
-        for phi, init, value in zip(phi_row, init_row, cur_row):
-            phi.add_incoming(init, pre)
-            phi.add_incoming(value, latch)
-    k.add_incoming(k_next, latch)
-    done = fn.append_basic_block("k.end")
-    b.cbranch(b.icmp_signed("<", k_next, const(trips)), body, done)
-    b.position_at_end(done)
-    return cur
+    widths = [len(row) for row in acc]
+
+    def rows(flat: list) -> list:
+        starts = [sum(widths[:r]) for r in range(len(widths))]
+        return [flat[s:s + w] for s, w in zip(starts, widths)]
+
+    flat = carry_loop(b, trips, [v for row in acc for v in row],
+                      lambda state, k: [v for row in step(rows(state), k) for v in row])
+    return rows(flat)
 
 
 class Generator:
