@@ -20,14 +20,13 @@ stride[1] * x.strides[3] (wide loads and a shuffle for small strides).
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from llvmlite import ir
 
-from compiler.codegen.conv_simd import (PTR, Conv, Vec, carry_loop, internal_function, lanes_and_registers,
-                                          lanes_for, run_items, runs)
-from compiler.codegen.loops import I64, const, for_range
+from compiler.codegen.conv_simd import (Conv, Vec, carry_loop, lanes_and_registers, lanes_for, run_items, runs,
+                                          tile_function, variant_name)
+from compiler.codegen.loops import const, for_range
 
 MAX_TAPS = 64  # kernels with more taps than this use the plain loop nest (code size)
 MAX_ACC = 28
@@ -98,14 +97,10 @@ def _col_pattern(cv: Conv, col0: int, vectors: int, vl: int) -> tuple:
 def _tile(module: ir.Module, cv: Conv, ob: int, rows: tuple, cols: tuple) -> ir.Function:
     """tile(x, w, out, row0, col0): out[o, row0 + r, col0 + ...] for OB channels from x at
     (image, group) and w at the block's first output channel."""
-    key = repr((cv, ob, rows, cols)).encode()
-    name = f"conv.tile.{hashlib.sha256(key).hexdigest()[:16]}"
-    fn, new = internal_function(module, name, [PTR, PTR, PTR, I64, I64])
+    fn, new = tile_function(module, "conv.tile", cv, ob, rows, cols)
     if not new:
         return fn
     x, w, out, row0, col0 = fn.args
-    for arg in (x, w, out):
-        arg.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     vec = Vec(b, cv.dtype, lanes_for(cv.dtype, cv.wo))
     vl = vec.vl
@@ -232,9 +227,7 @@ def emit(b: ir.IRBuilder, cv: Conv, x: ir.Value, w: ir.Value, out: ir.Value) -> 
             with last:
                 _tiles(ib, cv, rest, row_tiles, col_tiles, hb, span, x_ng, w_o, out_o)
 
-    name = f"conv.direct.{hashlib.sha256(repr((cv, ob, hb, wv)).encode()).hexdigest()[:16]}"
-    flops = 2 * cv.n * cv.o * cv.cg * cv.kh * cv.kw * cv.plane
-    run_items(b, name, cv.n * cv.groups * blocks, flops, [x, w, out], item)
+    run_items(b, variant_name("conv.direct", cv, ob, hb, wv), cv.n * cv.groups * blocks, cv.flops, [x, w, out], item)
 
 
 def _tiles(b: ir.IRBuilder, cv: Conv, ob: int, row_tiles: list, col_tiles: list, hb: int, span: int,

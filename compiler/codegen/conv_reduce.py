@@ -18,13 +18,12 @@ channels and pixels (Conv.flat_full_window).
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Callable
 
 from llvmlite import ir
 
-from compiler.codegen.conv_simd import (PTR, Conv, Vec, carry_loop, internal_function, lanes_and_registers,
-                                          lanes_for, run_items, runs)
+from compiler.codegen.conv_simd import (Conv, Vec, carry_loop, lanes_and_registers, lanes_for, run_items, runs,
+                                          tile_function, variant_name)
 from compiler.codegen.loops import I64, const
 
 MAX_TILES = 64  # distinct tile patterns (one function each); more uses the loop nest
@@ -98,13 +97,10 @@ def _chunks(cv: Conv, j0: int, cols: int, vl: int) -> list:
 def _tile(module: ir.Module, cv: Conv, nb: int, ob: int, pattern: tuple) -> ir.Function:
     """tile(x, w, out, i0, j0): out[n, o, i0:i0+rows, j0:j0+cols] for NB images and OB
     output channels; x at (first image, group), w at the first output channel, out at both."""
-    name = f"conv.wtile.{hashlib.sha256(repr((cv, nb, ob, pattern)).encode()).hexdigest()[:16]}"
-    fn, new = internal_function(module, name, [PTR, PTR, PTR, I64, I64])
+    fn, new = tile_function(module, "conv.wtile", cv, nb, ob, pattern)
     if not new:
         return fn
     x, w, out, i0, j0 = fn.args
-    for arg in (x, w, out):
-        arg.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     vec = Vec(b, cv.dtype, lanes_for(cv.dtype, cv.kw))
     vl = vec.vl
@@ -241,9 +237,8 @@ def emit(b: ir.IRBuilder, cv: Conv, x: ir.Value, w: ir.Value, out: ir.Value) -> 
         _by_size(ib, n_blk, n_full, nb, n_rest,
                  lambda n_size: _by_size(ib, o_blk, o_full, ob, o_rest, lambda o_size: calls(n_size, o_size)))
 
-    name = f"conv.reduce.{hashlib.sha256(repr((cv, nb, ob, rb, cb)).encode()).hexdigest()[:16]}"
-    flops = 2 * cv.n * cv.o * cv.cg * cv.kh * cv.kw * cv.plane
-    run_items(b, name, n_blocks * cv.groups * o_blocks * spots, flops, [x, w, out], item)
+    run_items(b, variant_name("conv.reduce", cv, nb, ob, rb, cb), n_blocks * cv.groups * o_blocks * spots, cv.flops,
+              [x, w, out], item)
 
 
 __all__ = ["emit", "plan", "supported"]

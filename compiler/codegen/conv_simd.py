@@ -13,6 +13,7 @@ big kernels, runs chunks of them on a libgomp team (parallel.py), bitwise like s
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -92,6 +93,10 @@ class Conv:
     @property
     def plane(self) -> int:
         return self.ho * self.wo
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.n * self.o * self.cg * self.kh * self.kw * self.plane
 
     @staticmethod
     def of(x_shape: Sequence[int], x_strides: Sequence[int], w_shape: Sequence[int], w_strides: Sequence[int],
@@ -375,6 +380,20 @@ class Vec:
         return self.b.extract_element(v, ir.Constant(I32, 0))
 
 
+def variant_name(prefix: str, *key: object) -> str:
+    """A symbol for one specialization: the same key (shapes, blocking) gives the same name."""
+    return f"{prefix}.{hashlib.sha256(repr(key).encode()).hexdigest()[:16]}"
+
+
+def tile_function(module: ir.Module, prefix: str, *key: object) -> tuple[ir.Function, bool]:
+    """The internal tile(x, w, out, i0, j0) function of this key (x, w, out never alias)."""
+    fn, new = internal_function(module, variant_name(prefix, *key), [PTR, PTR, PTR, I64, I64])
+    if new:
+        for arg in fn.args[:3]:
+            arg.add_attribute("noalias")
+    return fn, new
+
+
 def internal_function(module: ir.Module, name: str, args: Sequence[ir.Type]) -> tuple[ir.Function, bool]:
     """(function, True) for a new internal void function `name`, (existing, False) otherwise."""
     existing = module.globals.get(name)
@@ -417,4 +436,4 @@ def run_items(b: ir.IRBuilder, name: str, items: int, flops: int, args: Sequence
 
 
 __all__ = ["Conv", "Vec", "Mask", "PTR", "I64", "run_items", "lanes_for", "lanes_and_registers", "runs", "carry_loop",
-           "internal_function", "indices"]
+           "internal_function", "indices", "tile_function", "variant_name"]
