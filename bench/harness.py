@@ -1,10 +1,14 @@
 """Timing: round-robin sampling of several contenders, statistics, machine description and
 this machine's measured sgemm peak.
 
-Contenders are timed in one process, interleaved: every round calls each contender once
-(rotating who goes first), so drift in clock speed or background load hits all of them
-alike instead of whichever happened to run during it. Calls too short for the clock are
-batched (`number` calls per sample) and reported per call.
+Contenders are timed in one process, interleaved: every round calls each contender once,
+so drift in clock speed or background load hits all of them alike instead of whichever
+happened to run during it. Each round draws a fresh order from a seeded generator (the
+same seed, the same orders): a contender slows down whichever one comes next (thread
+pools left spinning, caches evicted), and a fixed cyclic order would charge that cost to
+the same successor every round; shuffled, every contender follows every other about
+equally often. Calls too short for the clock are batched (`number` calls per sample) and
+reported per call.
 """
 from __future__ import annotations
 
@@ -69,8 +73,9 @@ Hooks = dict[str, tuple[Callable[[], Any], Callable[[], Any]]]
 
 
 def round_robin(contenders: dict[str, Callable[[], Any]], calls: int = 30, warmup: int = 3,
-                min_sample_s: float = 0.0, hooks: Hooks | None = None) -> dict[str, Stats]:
-    """Time every contender `calls` times (after `warmup` untimed calls each), interleaved.
+                min_sample_s: float = 0.0, hooks: Hooks | None = None, seed: int = 0) -> dict[str, Stats]:
+    """Time every contender `calls` times (after `warmup` untimed calls each), interleaved,
+    in an order drawn afresh each round from numpy's generator seeded with `seed`.
 
     hooks[name] = (enter, leave) run untimed around each of that contender's samples
     (e.g. to cap BLAS threads for it alone).
@@ -97,13 +102,14 @@ def round_robin(contenders: dict[str, Callable[[], Any]], calls: int = 30, warmu
         finally:
             leave()
     samples: dict[str, list[float]] = {name: [] for name in names}
+    rng = np.random.default_rng(seed)
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()  # collections happen between rounds, never inside a sample
     try:
         for r in range(calls):
-            shift = r % len(names)
-            for name in names[shift:] + names[:shift]:
+            for i in rng.permutation(len(names)):
+                name = names[i]
                 fn, n = contenders[name], number[name]
                 enter, leave = hooks.get(name, nothing)
                 enter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from dataclasses import asdict
 
 import numpy as np
@@ -50,6 +51,41 @@ def test_round_robin_hooks_wrap_every_sample_untimed():
     harness.round_robin({"a": lambda: log.append("call"), "b": lambda: None}, calls=2, warmup=1,
                         hooks={"a": (lambda: log.append("enter"), lambda: log.append("leave"))})
     assert log == ["enter", "call", "leave"] * 3  # warm-up, two samples
+
+
+def _logged_round_robin(names, calls, **kwargs):
+    """(the shared call log of a timed run, its stats)."""
+    log = []
+    stats = harness.round_robin({name: (lambda n=name: log.append(n)) for name in names}, calls=calls,
+                                warmup=0, **kwargs)
+    return log, stats
+
+
+def test_round_robin_draws_a_fresh_order_each_round():
+    names = ["a", "b", "c", "d"]
+    log, stats = _logged_round_robin(names, calls=40)
+    rounds = [tuple(log[i:i + 4]) for i in range(0, len(log), 4)]
+    assert len(rounds) == 40 and all(sorted(r) == names for r in rounds)
+    assert len(set(rounds)) > 10  # a rotation would give only 4 distinct orders
+    assert all(s.samples == 40 and s.number == 1 for s in stats.values())
+    assert all(log.count(name) == 40 for name in names)
+
+
+def test_round_robin_every_contender_follows_every_other():
+    """A contender slows down the one after it (spinning thread pools): with a fixed cyclic
+    order "a" would always follow "d" (or "c" at round boundaries)."""
+    log, _ = _logged_round_robin(["a", "b", "c", "d"], calls=200)
+    before_a = Counter(prev for prev, cur in zip(log, log[1:]) if cur == "a")
+    total = sum(before_a.values())
+    for other in "bcd":
+        assert 0.2 < before_a[other] / total < 0.45, before_a
+
+
+def test_round_robin_order_is_reproducible_from_the_seed():
+    names = ["a", "b", "c"]
+    assert _logged_round_robin(names, calls=20)[0] == _logged_round_robin(names, calls=20, seed=0)[0]
+    assert _logged_round_robin(names, calls=20, seed=5)[0] == _logged_round_robin(names, calls=20, seed=5)[0]
+    assert _logged_round_robin(names, calls=20, seed=5)[0] != _logged_round_robin(names, calls=20, seed=6)[0]
 
 
 def test_calibrate_batches_short_calls():
