@@ -2,7 +2,8 @@
 
     0: nothing
     1: dce, fold, simplify, cse, dce
-    2: level 1, then accumulate (add trees -> additions as the pieces arrive), then fold,
+    2: level 1, then stack-products (thin products a sum adds up -> one deeper product per
+       block of them), accumulate (add trees -> additions as the pieces arrive), then fold,
        simplify, cse, dce again, then fuse (elementwise chains and the reductions they feed
        -> `fusion` ops), epilogue (a matmul joins the fusion or op that alone reads it; sums
        of products become accumulate chains) and siblings (reductions over a common input
@@ -23,6 +24,7 @@ from compiler.passes import (
     DeadCodeElimination,
     Pass,
     PassManager,
+    StackProducts,
 )
 from compiler.passes.epilogue import Epilogue
 from compiler.passes.fuse import Fuse
@@ -33,6 +35,7 @@ dce = DeadCodeElimination()
 fold = ConstantFolding()
 simplify = AlgebraicSimplification()
 cse = CommonSubexpressionElimination()
+stack_products = StackProducts()
 accumulate = Accumulate()
 fuse = Fuse()
 epilogue = Epilogue()
@@ -42,7 +45,7 @@ PIPELINES: dict[int, list[Pass]] = {
     0: [],
     1: [dce, fold, simplify, cse, dce],
     2: [dce, fold, simplify, cse, dce,
-        accumulate,
+        stack_products, accumulate,
         fold, simplify, cse, dce,
         fuse, epilogue, siblings],
 }

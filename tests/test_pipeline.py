@@ -9,7 +9,7 @@ import pytest
 
 import compiler
 from compiler.models import load_model
-from compiler.pipeline import optimize, pass_manager, passes_for
+from compiler.pipeline import PIPELINES, optimize, pass_manager, passes_for
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -21,7 +21,7 @@ def _ops(graph):
 def test_opt_levels():
     assert passes_for(0) == []
     assert [p.name for p in passes_for(1)] == ["dce", "fold", "simplify", "cse", "dce"]
-    assert [p.name for p in passes_for(2)] == ["dce", "fold", "simplify", "cse", "dce", "accumulate",
+    assert [p.name for p in passes_for(2)] == ["dce", "fold", "simplify", "cse", "dce", "stack-products", "accumulate",
                                                "fold", "simplify", "cse", "dce", "fuse", "epilogue", "siblings"]
     with pytest.raises(ValueError, match="opt_level must be one of"):
         passes_for(3)
@@ -64,12 +64,35 @@ def _adds_onto_an_input(body):
     return out.op == "add" and kinds == ["input", "matmul"]
 
 
-def test_rnn_tied_weights_accumulate_as_pieces_arrive():
+def test_rnn_tied_weights_are_stacked_products():
+    """The T thin products of each tied weight's gradient become one product over the
+    stacked steps (T=32 fits one block); the result equals the unoptimized sum up to
+    rounding (one FMA chain instead of T rounded products)."""
+    T = 32
+    model, backward = _model_and_grad("rnn")
+    optimized = optimize(backward)
+    for output in optimized.outputs[1:]:
+        node = optimized.node(output)
+        if len(optimized.type(output).shape) == 2:
+            assert node.op == "matmul" and node.loc.startswith("stacked products of fan-in of params.W")
+            a, b = (optimized.node(o) for o in node.operands)
+            assert a.op == "transpose" and optimized.node(a.operands[0]).op == "concatenate"
+            assert b.op == "concatenate" and len(b.operands) == T
+    args = model.example_args(0)
+    want, got = compiler.evaluate(backward, *args), compiler.evaluate(optimized, *args)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=2e-5, atol=1e-6)
+
+
+def test_rnn_tied_weights_accumulate_as_pieces_arrive(monkeypatch):
+    """Without stacking (sums of deep products are not stacked), tied weights add their
+    pieces as they arrive, inside the matmul kernels."""
     T = 32
     model, backward = _model_and_grad("rnn")
     fan_in = Counter(n.loc for _, n in backward.nodes()
                      if n.op == "add" and (n.loc or "").startswith("fan-in of params."))
     assert fan_in == {f"fan-in of params.{p}": T - 1 for p in ("Wh", "Wx", "Wy", "b", "by")}
+    monkeypatch.setitem(PIPELINES, 2, [p for p in PIPELINES[2] if p.name != "stack-products"])
     optimized = optimize(backward)
     # Weight gradients: each product after the first is added onto the running sum inside
     # its matmul kernel (C starts from the accumulator), so no piece outlives its addition.

@@ -56,8 +56,7 @@ def _emit_concatenate(ctx: KernelCtx) -> None:
     out = ctx.out
     position = 0
     for x in ctx.ins:
-        if x.layout.size:
-            _copy_at(ctx, out, Layout(x.shape, out.strides), position * out.strides[axis], x)
+        ctx.copy(out.relayout(Layout(x.shape, out.strides)), x, position * out.strides[axis])
         position += x.shape[axis]
 
 

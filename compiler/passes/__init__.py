@@ -11,6 +11,7 @@ from compiler.passes.cse import CommonSubexpressionElimination  # noqa: F401
 from compiler.passes.fold import ConstantFolding  # noqa: F401
 from compiler.passes.simplify import AlgebraicSimplification  # noqa: F401
 from compiler.passes.accumulate import Accumulate  # noqa: F401
+from compiler.passes.stack_products import StackProducts  # noqa: F401
 from compiler.passes.fuse import Fuse  # noqa: F401
 from compiler.passes.epilogue import Epilogue  # noqa: F401
 from compiler.passes.siblings import Siblings  # noqa: F401

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Iterator
 
 import compiler.ops.accumulate  # noqa: F401 - registers add_n
 from compiler.ir.graph import Graph
@@ -100,6 +100,18 @@ def collect_tree(graph: Graph, root: int, outputs: set[int],
     return leaves, inner
 
 
+def sum_trees(graph: Graph, outputs: set[int]) -> Iterator[tuple[int, list[int], list[int]]]:
+    """(root, leaves, inner sums) of every maximal tree of sums, each collected when reached,
+    so a caller may rewrite one tree before it gets the next (trees share no sums)."""
+    # Rewriting a tree keeps its root a sum of the same type and leaves only sums that
+    # read each other once, so this set stays valid for every later root.
+    sums = {n for n in graph.nx if _is_sum(graph, n)}
+    roots = [n for n in list(graph.nx) if n in sums and not _is_inner(graph, n, outputs, sums)]
+    for root in roots:
+        if root in graph.nx:
+            yield (root, *collect_tree(graph, root, outputs, sums))
+
+
 SOURCES = ("input", "full", "constant")
 
 
@@ -143,15 +155,10 @@ class Accumulate(Pass):
 
     def apply(self, graph: Graph) -> bool:
         outputs = set(graph.outputs)
-        # Rewriting a tree keeps its root a sum of the same type and leaves only sums that
-        # read each other once, so this set stays valid for every later root.
-        sums = {n for n in graph.nx if _is_sum(graph, n)}
-        roots = [n for n in list(graph.nx) if n in sums and not _is_inner(graph, n, outputs, sums)]
         order = graph.topo_order()
         position = {n: i for i, n in enumerate(order)}
         changed = False
-        for root in roots:
-            leaves, inner = collect_tree(graph, root, outputs, sums)
+        for root, leaves, inner in sum_trees(graph, outputs):
             if not inner:
                 continue  # a lone binary add stays an add; an add_n has nothing to absorb
             tree = set(inner) | {root}
