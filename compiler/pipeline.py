@@ -4,7 +4,8 @@
     1: dce, fold, simplify, cse, dce
     2: level 1, then stack-products (thin products a sum adds up -> one deeper product per
        block of them), accumulate (add trees -> additions as the pieces arrive), then fold,
-       simplify, cse, dce again, then fuse (elementwise chains and the reductions they feed
+       simplify, cse, dce again, then pool-grad (a ReLU mask and bias sums move from a
+       pool's scattered gradient onto the pooled one), then fuse (elementwise chains and the reductions they feed
        -> `fusion` ops), epilogue (a matmul joins the fusion or op that alone reads it; sums
        of products become accumulate chains) and siblings (reductions over a common input
        share one loop): these three come last, they hide their members from every other pass
@@ -24,6 +25,7 @@ from compiler.passes import (
     DeadCodeElimination,
     Pass,
     PassManager,
+    PoolGrad,
     StackProducts,
 )
 from compiler.passes.epilogue import Epilogue
@@ -37,6 +39,7 @@ simplify = AlgebraicSimplification()
 cse = CommonSubexpressionElimination()
 stack_products = StackProducts()
 accumulate = Accumulate()
+pool_grad = PoolGrad()  # before fuse: it matches plain where/sum ops
 fuse = Fuse()
 epilogue = Epilogue()
 siblings = Siblings()
@@ -47,6 +50,7 @@ PIPELINES: dict[int, list[Pass]] = {
     2: [dce, fold, simplify, cse, dce,
         stack_products, accumulate,
         fold, simplify, cse, dce,
+        pool_grad,
         fuse, epilogue, siblings],
 }
 

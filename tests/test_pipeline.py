@@ -22,7 +22,7 @@ def test_opt_levels():
     assert passes_for(0) == []
     assert [p.name for p in passes_for(1)] == ["dce", "fold", "simplify", "cse", "dce"]
     assert [p.name for p in passes_for(2)] == ["dce", "fold", "simplify", "cse", "dce", "stack-products", "accumulate",
-                                               "fold", "simplify", "cse", "dce", "fuse", "epilogue", "siblings"]
+                                               "fold", "simplify", "cse", "dce", "pool-grad", "fuse", "epilogue", "siblings"]
     with pytest.raises(ValueError, match="opt_level must be one of"):
         passes_for(3)
 

@@ -16,6 +16,11 @@ max_pool2d_grad here needs windows that never overlap (stride >= kernel on both 
 the usual pool), so each input pixel gets at most one window's g and is written exactly
 once: the window's g where it is the argmax, else 0, window columns interleaved back into
 one masked store per window row. Pixels of no window are zero-filled first.
+
+Short rows of the common 2x2/stride-2 pool (`pairs`: at most one vector of pixels, e.g.
+14 -> 7) use lanes over input pixels instead: a window's two columns are a lane and its
+neighbour, so a row is one plain load and one in-lane shuffle, with no de- or interleaving;
+both lanes of a window compute its max or argmax. Window vectors would be half empty there.
 """
 from __future__ import annotations
 
@@ -25,8 +30,8 @@ from typing import Any, Callable
 import numpy as np
 from llvmlite import ir
 
-from compiler.codegen.conv_simd import Vec, lanes_for, runs
-from compiler.codegen.loops import I32, for_range
+from compiler.codegen.conv_simd import Vec, indices, lanes_and_registers, lanes_for, runs
+from compiler.codegen.loops import I32, const, for_range
 from compiler.codegen.lower import KernelCtx
 
 
@@ -75,15 +80,16 @@ def _chunk_patterns(p: Pool, vl: int) -> list[tuple]:
     return out
 
 
-def _walk(ctx: KernelCtx, p: Pool, vec: Vec, body: Callable[..., None]) -> None:
-    """body(n, c, ho, taps, col0, chunk pattern) for every output row and vector of columns."""
+def _walk(ctx: KernelCtx, p: Pool, vec: Vec, body: Callable[..., None], patterns: list | None = None) -> None:
+    """body(n, c, ho, taps, col0, chunk pattern) for every output row and vector of columns
+    (of `patterns`, one per vector: by default _chunk_patterns); col0 = vector index * lanes."""
     b = ctx.b
     vl = vec.vl
     with for_range(b, p.n, "n") as n, for_range(b, p.c, "c") as c:
         for r_first, r_count, taps in runs([p.row_taps(ho) for ho in range(p.ho)]):
             with for_range(b, r_count, "ho") as t:
                 ho = vec.offset(r_first, (t, 1))
-                for c_first, c_count, pattern in runs(_chunk_patterns(p, vl)):
+                for c_first, c_count, pattern in runs(_chunk_patterns(p, vl) if patterns is None else patterns):
                     with for_range(b, c_count, "wo") as u:
                         body(n, c, ho, taps, vec.offset(c_first * vl, (u, vl)), pattern)
 
@@ -129,6 +135,8 @@ def emit_max_pool2d(ctx: KernelCtx) -> None:
     (x,) = ctx.ins
     out = ctx.out
     p = Pool.of(x.shape, ctx.attrs)
+    if pairs(p, x.strides, out.dtype):
+        return _emit_pool_pairs(ctx, p)
     vec = Vec(ctx.b, out.dtype, lanes_for(out.dtype, p.wo))
 
     def body(n: Any, c: Any, ho: Any, taps: tuple, col0: Any, pattern: tuple) -> None:
@@ -173,6 +181,8 @@ def emit_max_pool2d_grad(ctx: KernelCtx) -> None:
     x, g = ctx.ins
     out = ctx.out
     p = Pool.of(x.shape, ctx.attrs)
+    if pairs(p, x.strides, out.dtype):
+        return _emit_grad_pairs(ctx, p)
     vec = Vec(ctx.b, out.dtype, lanes_for(out.dtype, p.wo))
     b = ctx.b
     if not p.covering():
@@ -196,4 +206,103 @@ def emit_max_pool2d_grad(ctx: KernelCtx) -> None:
     _walk(ctx, p, vec, body)
 
 
-__all__ = ["Pool", "emit_max_pool2d", "emit_max_pool2d_grad", "emit_max_pool2d_select"]
+def pairs(p: Pool, x_strides: tuple, dtype: str) -> bool:
+    """Windows two pixels wide and two apart from column 0, on contiguous rows that fit one
+    vector: lanes over pixels then hold whole windows, each pixel's row partner one lane
+    over. (Longer rows take more pixel vectors than window vectors: not worth it.)"""
+    return ((p.kw, p.sw, p.pw) == (2, 2, 0) and p.disjoint() and x_strides[3] == 1
+            and 2 * p.wo <= lanes_and_registers(dtype)[0])
+
+
+class _Pairs:
+    """Lanes over the input pixels of whole windows (Pool pairs): lane l's window row is its
+    own pixel and its partner l ^ 1, one in-lane shuffle away; no de- or interleaving."""
+
+    def __init__(self, ctx: KernelCtx, p: Pool) -> None:
+        self.p, self.b = p, ctx.b
+        self.vec = Vec(ctx.b, ctx.out.dtype, lanes_for(ctx.out.dtype, 2 * p.wo))
+        vl = self.vec.vl
+        self.even = Vec.mask([lane % 2 == 0 for lane in range(vl)])
+        self.swap = indices([lane ^ 1 for lane in range(vl)])
+        # per vector: pixel lanes inside windows (an odd last column is in none)
+        self.widths = [min(vl, 2 * p.wo - c0) for c0 in range(0, 2 * p.wo, vl)]
+
+    def at(self, strides: tuple, n: Any, c: Any, ho: Any, i: int, col0: Any) -> Any:
+        """Offset of pixel (row ho*sh + i - ph, column col0)."""
+        return self.vec.offset((i - self.p.ph) * strides[2], (n, strides[0]), (c, strides[1]),
+                               (ho, self.p.sh * strides[2]), (col0, strides[3]))
+
+    def row(self, x: Any, n: Any, c: Any, ho: Any, i: int, col0: Any, lanes: int) -> ir.Value:
+        valid = tuple(lane < lanes for lane in range(self.vec.vl))
+        return self.vec.load(x.ptr, self.at(x.strides, n, c, ho, i, col0), valid, 1, fill=-np.inf)
+
+    def window_row(self, row: ir.Value) -> list[ir.Value]:
+        """Window columns 0 and 1 of every lane's window row."""
+        partner = self.b.shuffle_vector(row, row, self.swap)
+        return [self.b.select(self.even, row, partner), self.b.select(self.even, partner, row)]
+
+    def window(self, col0: Any) -> Any:
+        """The window column of pixel column col0 (even)."""
+        return col0 // 2 if isinstance(col0, int) else self.b.udiv(col0, const(2))
+
+    def by_window(self, v: ir.Value) -> ir.Value:
+        """Window vector v (lane q: window q) spread over pixel lanes (2q and 2q + 1)."""
+        return self.b.shuffle_vector(v, v, indices([lane // 2 for lane in range(self.vec.vl)]))
+
+
+def _emit_pool_pairs(ctx: KernelCtx, p: Pool) -> None:
+    """max_pool2d (Pool pairs): the window maximum reaches both lanes of a window by one
+    more shuffle, and the even lanes are stored."""
+    (x,) = ctx.ins
+    out = ctx.out
+    k = _Pairs(ctx, p)
+    vec, vl = k.vec, k.vec.vl
+    firsts = indices([2 * q for q in range(vl // 2)])
+
+    def body(n: Any, c: Any, ho: Any, taps: tuple, col0: Any, lanes: int) -> None:
+        best = None
+        for i in taps:
+            row = k.row(x, n, c, ho, i, col0, lanes)
+            best = row if best is None else vec.maximum(best, row)
+        best = vec.maximum(best, ctx.b.shuffle_vector(best, best, k.swap))
+        window = k.window(col0)
+        vec.store(ctx.b.shuffle_vector(best, best, firsts), out.ptr,
+                  vec.offset(0, (n, p.c * p.ho * p.wo), (c, p.ho * p.wo), (ho, p.wo), (window, 1)), lanes // 2)
+
+    _walk(ctx, p, vec, body, k.widths)
+
+
+def _emit_grad_pairs(ctx: KernelCtx, p: Pool) -> None:
+    """max_pool2d_grad (Pool pairs): every lane of a window finds the window's argmax and
+    keeps g where that is its own pixel; rows of pixels are stored as they are."""
+    x, g = ctx.ins
+    out = ctx.out
+    b = ctx.b
+    k = _Pairs(ctx, p)
+    vec, vl = k.vec, k.vec.vl
+    if not p.covering():
+        ctx.fill(out, ir.Constant(vec.t, 0.0))
+    out_strides = (p.c * p.h * p.w, p.h * p.w, p.w, 1)
+    itype = ir.VectorType(I32, vl)
+
+    def body(n: Any, c: Any, ho: Any, taps: tuple, col0: Any, lanes: int) -> None:
+        values = [v for i in taps for v in k.window_row(k.row(x, n, c, ho, i, col0, lanes))]
+        best, index = values[0], ir.Constant(itype, None)
+        for position, v in enumerate(values[1:], 1):  # as _argmax: first maximum, or first NaN
+            take = b.and_(b.fcmp_unordered(">", v, best), b.fcmp_ordered("ord", best, best))
+            best = b.select(take, v, best)
+            index = b.select(take, ir.Constant(itype, [ir.Constant(I32, position)] * vl), index)
+        window = k.window(col0)
+        half = tuple(q < lanes // 2 for q in range(vl // 2))
+        gv = vec.load(g.ptr, vec.offset(0, (n, g.strides[0]), (c, g.strides[1]), (ho, g.strides[2]),
+                                        (window, g.strides[3])), half, g.strides[3])
+        gv = k.by_window(gv)
+        for t, i in enumerate(taps):
+            mine = ir.Constant(itype, [ir.Constant(I32, 2 * t + lane % 2) for lane in range(vl)])
+            hit = b.icmp_signed("==", index, mine)
+            vec.store(b.select(hit, gv, vec.zeros()), out.ptr, k.at(out_strides, n, c, ho, i, col0), lanes)
+
+    _walk(ctx, p, vec, body, k.widths)
+
+
+__all__ = ["Pool", "pairs", "emit_max_pool2d", "emit_max_pool2d_grad", "emit_max_pool2d_select"]

@@ -232,9 +232,17 @@ def _conv2d_input_grad(g: Tensor, w: Tensor, x_shape: tuple[int, ...], stride: t
     import compiler.ops as ops
 
     o, cg, kh, kw = w.shape
-    # Swap in/out channels within each group: (G*Og, Cg) -> (G*Cg, Og), then flip space.
-    flipped = ops.transpose(ops.reshape(w, (groups, o // groups, cg, kh, kw)), (0, 2, 1, 3, 4))
-    flipped = ops.reshape(flipped, (groups * cg, o // groups, kh, kw))[:, :, ::-1, ::-1]
+    # Swap in/out channels within each group: (G*Og, Cg) -> (G*Cg, Og), then flip space. With
+    # one group, or one channel on either side of each group, that is a view (no copy).
+    og = o // groups
+    if groups == 1:
+        flipped = ops.transpose(w, (1, 0, 2, 3))
+    elif cg == 1 or og == 1:
+        flipped = ops.reshape(w, (groups * cg, og, kh, kw))
+    else:
+        flipped = ops.reshape(ops.transpose(ops.reshape(w, (groups, og, cg, kh, kw)), (0, 2, 1, 3, 4)),
+                              (groups * cg, og, kh, kw))
+    flipped = flipped[:, :, ::-1, ::-1]
     low, high, crop = [], [], []
     for axis, k, s, p, d in zip((2, 3), (kh, kw), stride, padding, dilation):
         reach = d * (k - 1)
@@ -262,10 +270,15 @@ def _conv2d_weight_grad(g: Tensor, x: Tensor, w_shape: tuple[int, ...], stride: 
     o, cg, kh, kw = w_shape
     _, _, ho, wo = g.shape
     # Images become channels (grouped), channels become the batch: out[c, o] = sum_n x[n, c] * g[n, o].
-    images = ops.reshape(ops.transpose(ops.reshape(x, (n, groups, cg, h, wd)), (2, 1, 0, 3, 4)),
-                         (cg, groups * n, h, wd))
-    kernels = ops.reshape(ops.transpose(ops.reshape(g, (n, groups, o // groups, ho, wo)), (1, 2, 0, 3, 4)),
-                          (o, n, ho, wo))
+    # Plain transposes where they suffice: they are strided views, a reshape of one is a copy.
+    if groups == 1:
+        images = ops.transpose(x, (1, 0, 2, 3))
+    elif cg == 1:  # depthwise: channel k = (group, image) is no single stride of x, so one copy
+        images = ops.reshape(ops.transpose(x, (1, 0, 2, 3)), (1, groups * n, h, wd))
+    else:
+        images = ops.reshape(ops.transpose(ops.reshape(x, (n, groups, cg, h, wd)), (2, 1, 0, 3, 4)),
+                             (cg, groups * n, h, wd))
+    kernels = ops.transpose(g, (1, 0, 2, 3))  # (O, N, Ho, Wo): output channel o's group is o // (O/groups)
     unread = tuple(_unread(size, out, k, s, p, d) for size, out, k, s, p, d
                    in zip((h, wd), (ho, wo), (kh, kw), stride, padding, dilation))
     if unread == (0, 0):

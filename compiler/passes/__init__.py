@@ -12,9 +12,11 @@ from compiler.passes.fold import ConstantFolding  # noqa: F401
 from compiler.passes.simplify import AlgebraicSimplification  # noqa: F401
 from compiler.passes.accumulate import Accumulate  # noqa: F401
 from compiler.passes.stack_products import StackProducts  # noqa: F401
+from compiler.passes.pool_grad import PoolGrad  # noqa: F401
 from compiler.passes.fuse import Fuse  # noqa: F401
 from compiler.passes.epilogue import Epilogue  # noqa: F401
 from compiler.passes.siblings import Siblings  # noqa: F401
 
 ALL_PASSES = {p.name: p for p in (DeadCodeElimination, CommonSubexpressionElimination, ConstantFolding,
-                                  AlgebraicSimplification, Accumulate, Fuse, Epilogue, Siblings)}
+                                  AlgebraicSimplification, StackProducts, Accumulate, PoolGrad, Fuse, Epilogue,
+                                  Siblings)}

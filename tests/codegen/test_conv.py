@@ -23,7 +23,7 @@ import compiler
 from compiler import ops
 from compiler.codegen import compile as compile_graph
 from compiler.codegen import conv as conv_kernels
-from compiler.codegen import conv_direct, conv_reduce, parallel
+from compiler.codegen import conv_direct, conv_pool, conv_reduce, parallel
 from compiler.codegen.compile import build
 from compiler.codegen.conv_simd import Conv, lanes_and_registers
 from compiler.ir.types import TensorType
@@ -343,6 +343,11 @@ POOLS = [
     ("cnn-pool2", (16, 16, 14, 14), (2, 2), (2, 2), (0, 0)),
     ("rect-stride1-overlap", (1, 2, 4, 4), (3, 2), (1, 1), (1, 0)),
     ("wide", (1, 1, 3, 70), (1, 3), (1, 3), (0, 1)),
+    # lanes over pixel pairs (conv_pool.pairs): rows of at most one vector of pixels
+    ("pairs-padded-rows", (2, 3, 7, 10), (2, 2), (2, 2), (1, 0)),
+    ("pairs-k3x2-row-gaps", (1, 2, 11, 9), (3, 2), (4, 2), (1, 0)),
+    ("pairs-k1x2", (1, 2, 3, 12), (1, 2), (1, 2), (0, 0)),
+    ("pairs-one-window", (3, 2, 4, 3), (2, 2), (2, 2), (0, 0)),
 ]
 
 
@@ -380,6 +385,43 @@ def test_pool_matches_interpreter_bitwise(case, op, dtype, special):
     assert got.dtype == expected.dtype and np.array_equal(got, expected, equal_nan=True)
     if op == "max_pool2d":  # the vectorized kernel, not the loop nest
         assert "llvm.maximum.v" in _ir(graph)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_pairs_cover_the_short_rows_of_2_wide_pools(dtype):
+    """Which pools take lanes over pixel pairs (conv_pool.pairs): 2-wide, 2-apart, unpadded
+    columns, disjoint windows, contiguous rows that fit one vector of pixels."""
+    lanes = lanes_and_registers(dtype)[0]
+    contiguous = (0, 0, 0, 1)
+
+    def pairs(shape, kernel, stride, padding, strides=contiguous):
+        pool = conv_pool.Pool.of(shape, dict(kernel=kernel, stride=stride, padding=padding))
+        return conv_pool.pairs(pool, strides, dtype)
+
+    assert pairs((1, 1, 14, 2 * (lanes // 2)), (2, 2), (2, 2), (0, 0))
+    assert pairs((1, 1, 14, 2 * (lanes // 2) + 1), (2, 2), (2, 2), (1, 0))  # the odd column is in no window
+    assert not pairs((1, 1, 14, 2 * lanes), (2, 2), (2, 2), (0, 0))  # two vectors of pixels
+    assert not pairs((1, 1, 14, 8), (2, 2), (2, 2), (0, 1))
+    assert not pairs((1, 1, 14, 8), (2, 2), (1, 2), (0, 0))  # overlapping rows
+    assert not pairs((1, 1, 14, 8), (2, 3), (2, 3), (0, 0))
+    assert not pairs((1, 1, 14, 8), (2, 2), (2, 2), (0, 0), (0, 0, 1, 14))  # transposed rows
+
+
+@pytest.mark.parametrize("op", ["max_pool2d", "max_pool2d_grad", "max_pool2d_select"])
+def test_pool_pairs_of_strided_views_match_interpreter_bitwise(op):
+    """Pixel pairs with x a column slice (an odd offset) and the second operand flipped."""
+    attrs = dict(kernel=(2, 2), stride=(2, 2), padding=(0, 0))
+    x = _pool_input((2, 3, 8, 11), "float32", 7, True)  # the kernel sees (2, 3, 8, 10)
+    rng = np.random.default_rng(8)
+    other = rng.standard_normal((2, 3, 4, 5) if op == "max_pool2d_grad" else (2, 3, 8, 10)).astype(np.float32)
+
+    def fn(a, b):
+        image = a[:, :, :, 1:]
+        return apply(op, image, **attrs) if op == "max_pool2d" else apply(op, image, b[:, :, :, ::-1], **attrs)
+
+    graph = compiler.trace(fn, x, other)
+    got = compile_graph(graph, cache=False)(x, other)
+    assert np.array_equal(got, compiler.evaluate(graph, x, other), equal_nan=True)
 
 
 @pytest.mark.parametrize("op", ["max_pool2d", "max_pool2d_grad", "max_pool2d_select"])

@@ -145,6 +145,22 @@ def test_conv2d_vjp_is_conv2d_without_waste():
     assert kinds.count("conv2d") == 2 and "pad" not in kinds and "slice" in kinds  # the slice flips w
 
 
+@pytest.mark.parametrize("xs, ws, groups, copies", [
+    ((2, 3, 5, 5), (4, 3, 3, 3), 1, 0),  # images, gradients and the flipped kernel are views
+    ((2, 4, 5, 5), (4, 1, 3, 3), 4, 1),  # depthwise: (group, image) channels need a copy of x
+    ((2, 4, 5, 5), (2, 2, 3, 3), 2, 1),  # one output channel per group: w's channel swap is a view
+    ((2, 4, 5, 5), (4, 2, 3, 3), 2, 2),  # general groups: x and w regrouped by copies
+])
+def test_conv2d_vjp_reads_operands_through_views(xs, ws, groups, copies):
+    """A reshape of a transposed value is a copy at run time: the VJP makes one only
+    where no strided view can do."""
+    x, w = np.zeros(xs), np.zeros(ws)
+    graph = compiler.grad(compiler.trace(lambda x, w: ops.sum(conv.conv2d(x, w, padding=1, groups=groups)), x, w),
+                          argnums=(0, 1))
+    made = [n for _, n in graph.nodes() if n.op == "reshape" and graph.node(n.operands[0]).op == "transpose"]
+    assert len(made) == copies
+
+
 def test_conv2d_shapes_and_dtypes():
     f32 = lambda *s: TensorType(s, "float32")  # noqa: E731
     attrs = dict(stride=(2, 3), padding=(1, 0), dilation=(1, 2), groups=2)
