@@ -5,7 +5,9 @@ input buffers, `constant`/`full` in LLVM global constants (a `full` is one eleme
 with stride 0), view ops in their operand's buffer, and every other op's result either
 straight in the caller's output buffer (for a graph output) or in the workspace at an
 offset planned by memplan.py, which also lets a step write its result over an operand
-that dies there when the op's lowering allows it (in-place execution, `Lowering.in_place`).
+that dies there when the op's lowering allows it (in-place execution, `Lowering.in_place`),
+and places a `concatenate`'s operands inside its result when it can, so their producers
+write the result directly (memplan.embed_operands).
 The entry function is a straight line of calls to kernel functions (one per distinct op
 signature and aliasing, noinline, so LLVM's cost grows with the number of distinct
 kernels, not with graph size), then copies for outputs that are not computed in place
@@ -30,7 +32,7 @@ from llvmlite import ir
 
 from compiler.codegen import memplan, profiling
 from compiler.codegen.loops import I8, I32, Layout, const
-from compiler.codegen.lower import LOWERINGS, KernelCtx, Lowering, Operand, constant_bytes
+from compiler.codegen.lower import EMBEDDED, LOWERINGS, KernelCtx, Lowering, Operand, constant_bytes
 from compiler.codegen.scalar import LLVM_TYPES
 from compiler.errors import PullbackError
 from compiler.ir.graph import Graph
@@ -59,6 +61,7 @@ class Buffer:
     last: int = -1
     offset: int = 0
     shares: "Buffer | None" = None  # an in-place result: lives in this (workspace) buffer instead
+    within: "tuple[Buffer, int] | None" = None  # a concatenation operand: lives at this byte offset of that buffer
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,6 +83,7 @@ class Step:
     position: int = -1  # in the graph's topological order: the unit of buffer lifetimes
     candidates: tuple[int, ...] = ()  # operands the lowering lets the result overwrite
     aliased: tuple[int, ...] = ()  # operands the result does overwrite (they are read through `out`)
+    embedded: tuple[int, ...] = ()  # concatenate operands already in place inside the result
 
 
 def _hashable(value: Any) -> Any:
@@ -146,7 +150,8 @@ class ModuleBuilder:
     def kernel(self, step: Step) -> ir.Function:
         ins = tuple((v.dtype, v.layout.shape, v.layout.strides) for v in step.ins)
         scratch = step.scratch.nbytes if step.scratch is not None else 0
-        key = (step.op, _hashable(step.attrs), step.out.dtype, step.out.layout.shape, ins, scratch, step.aliased)
+        key = (step.op, _hashable(step.attrs), step.out.dtype, step.out.layout.shape, ins, scratch, step.aliased,
+               step.embedded)
         fn = self._kernels.get(key)
         if fn is None:
             fn = self._build_kernel(step, scratch)
@@ -179,7 +184,7 @@ class ModuleBuilder:
         builder.branch(body)
         builder.position_at_end(body)
         ctx = KernelCtx(
-            b=builder, op=step.op, attrs=dict(step.attrs),
+            b=builder, op=step.op, attrs=dict(step.attrs, **({EMBEDDED: step.embedded} if step.embedded else {})),
             out=Operand(out_arg, Layout.contiguous(step.out.layout.shape), step.out.dtype),
             # an overwritten operand is read through `out` itself: one pointer, so LLVM sees
             # each element loaded before its own store instead of a possible overlap to check
@@ -206,10 +211,11 @@ class GraphEmitter:
     """Plans one graph's values onto buffers and emits its entry-ABI function."""
 
     def __init__(self, module_builder: ModuleBuilder, graph: Graph, in_place: bool | None = None,
-                 profile: bool = False) -> None:
+                 profile: bool = False, embed: bool | None = None) -> None:
         self.mb = module_builder
         self.graph = graph
         self.in_place = IN_PLACE if in_place is None else in_place
+        self.embed = EMBED if embed is None else embed
         self.profile = profile  # count cycles per call into a workspace region (profiling.py)
         self.profile_region = -1
         self.profile_steps: list[dict] = []  # per counter slot, filled by emit()
@@ -217,6 +223,7 @@ class GraphEmitter:
         self.copies: list[tuple[int, Value]] = []
         self.workspace_bytes = 0
         self.in_place_steps = 0
+        self.embedded_operands = 0  # concatenate operands placed inside the result (memplan.embed_operands)
         self.materialized = 0  # transposed matmul operands copied once (_materialize)
         self._plan()
 
@@ -305,7 +312,10 @@ class GraphEmitter:
                 continue
             value.buffer.last = max(value.buffer.last, end)
             self.copies.append((slot, value))
-        if self.in_place:  # every buffer's last reader is known only now
+        # every buffer's last reader is known only now
+        if self.embed:
+            self.embedded_operands = memplan.embed_operands(self.steps)
+        if self.in_place:
             self.in_place_steps = memplan.share_in_place(self.steps)
         self.workspace_bytes = memplan.assign_offsets(workspace)
         if self.profile:  # after every planned buffer, so no kernel ever writes the counters
@@ -437,6 +447,7 @@ def _transposed(value: Value) -> bool:
     return (value.dtype in ("float32", "float64") and len(layout.shape) == 2 and layout.shape[1] > 1
             and layout.strides[1] != 1 and 0 not in layout.shape)
 IN_PLACE = True  # the default for GraphEmitter(in_place=None); tests compare both
+EMBED = True  # the default for GraphEmitter(embed=None); tests compare both
 
 
 def _entry_function(module: ir.Module, name: str, linkage: str) -> ir.Function:

@@ -114,6 +114,11 @@ class KernelCtx:
             self.store(dst, d, value)
 
 
+# KernelCtx.attrs key (no IR attribute can have a space) listing the operands of a
+# `concatenate` that the planner placed inside its result (memplan.embed_operands)
+EMBEDDED = "embedded operands"
+
+
 def _dense(shape: Sequence[int], strides: Sequence[int], contiguous: Sequence[int]) -> bool:
     return all(n == 1 or st == c for n, st, c in zip(shape, strides, contiguous))
 

@@ -109,10 +109,11 @@ def assign_offsets(buffers: Sequence[Planned]) -> int:
     """Set each buffer's `offset`; return the workspace size in bytes.
 
     A buffer whose `shares` attribute names another buffer (an in-place result) is not
-    placed itself: it takes that buffer's offset."""
+    placed itself: it takes that buffer's offset. A buffer `within` another (an embedded
+    concatenation operand) takes its slab's offset inside that buffer."""
     arena = _Arena()
     expiry: list[tuple[int, int, int, int]] = []  # (last, serial, offset, size)
-    owners = [b for b in buffers if getattr(b, "shares", None) is None]
+    owners = [b for b in buffers if getattr(b, "shares", None) is None and getattr(b, "within", None) is None]
     ordered = sorted((b for b in owners if b.nbytes > 0), key=lambda b: b.first)
     for b in owners:
         if b.nbytes <= 0:
@@ -128,7 +129,72 @@ def assign_offsets(buffers: Sequence[Planned]) -> int:
         shared = getattr(b, "shares", None)
         if shared is not None:
             b.offset = shared.offset
+    for b in buffers:
+        if getattr(b, "within", None) is not None:
+            b.offset = _embedded_offset(b)
     return arena.peak
+
+
+def _embedded_offset(buffer: Any) -> int:
+    offset = 0
+    while buffer.within is not None:
+        parent, at = buffer.within
+        offset += at
+        buffer = parent
+    return offset + buffer.offset
+
+
+def embed_operands(steps: Sequence[Any]) -> int:
+    """Place `concatenate` operands inside the result, so their producers write the
+    result's slabs and the concatenation copies nothing for them (XLA's and TVM's
+    in-place concatenation). Runs after every buffer's last reader is known and before
+    `share_in_place`, which leaves embedded buffers alone.
+
+    An operand embeds when its buffer is a workspace buffer read whole and contiguously
+    by this step alone among its operands, its slab of the result is one contiguous,
+    64-byte-aligned run (everything before `axis` has extent 1), and it is not embedded
+    elsewhere; the result must be a workspace buffer. The outermost buffer's lifetime
+    then grows to cover every buffer embedded in it, directly or through another
+    concatenation. Sets `buffer.within = (parent, byte offset)` and `step.embedded`;
+    returns how many operands embed."""
+    count = 0
+    for step in steps:
+        out = step.out
+        if step.op != "concatenate" or out.buffer.kind != "workspace" or out.buffer.nbytes <= 0:
+            continue
+        axis = step.attrs["axis"]
+        if any(n != 1 for n in out.layout.shape[:axis]):
+            continue
+        itemsize = np.dtype(out.dtype).itemsize
+        slab_stride = out.layout.strides[axis] * itemsize
+        seen = [v.buffer for v in step.ins]
+        embedded = []
+        position = 0
+        for index, value in enumerate(step.ins):
+            buffer, at = value.buffer, position * slab_stride
+            position += value.layout.shape[axis]
+            if (buffer.kind != "workspace" or buffer.within is not None or buffer is out.buffer
+                    or seen.count(buffer) != 1 or at % ALIGNMENT or not _whole(value)):
+                continue
+            buffer.within = (out.buffer, at)
+            embedded.append(index)
+        step.embedded = tuple(embedded)
+        count += len(embedded)
+    for step in steps:
+        for index in step.embedded:
+            buffer = step.ins[index].buffer
+            top = buffer
+            while top.within is not None:
+                top = top.within[0]
+            top.first = min(top.first, buffer.first)
+            top.last = max(top.last, buffer.last)
+    return count
+
+
+def _whole(value: Any) -> bool:
+    layout = value.layout
+    nbytes = int(np.prod(layout.shape, dtype=np.int64)) * np.dtype(value.dtype).itemsize
+    return layout.offset == 0 and layout.is_contiguous() and value.buffer.nbytes == nbytes
 
 
 def _covers(value: Any, out: Any) -> bool:
@@ -152,10 +218,13 @@ def share_in_place(steps: Sequence[Any]) -> int:
         out = step.out
         if not step.candidates or out.buffer.kind != "workspace" or out.buffer.nbytes <= 0:
             continue
+        if out.buffer.within is not None:
+            continue  # its place is a slab of a concatenation (embed_operands)
         for index in step.candidates:
             value = step.ins[index]
             buffer = value.buffer
-            if buffer.kind != "workspace" or buffer.last != step.position or not _covers(value, out):
+            if (buffer.kind != "workspace" or buffer.within is not None or buffer.last != step.position
+                    or not _covers(value, out)):
                 continue
             readers = [j for j, v in enumerate(step.ins) if v.buffer is buffer]
             if any(not _covers(step.ins[j], out) for j in readers):

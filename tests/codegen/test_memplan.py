@@ -174,3 +174,92 @@ def test_a_buffer_that_shares_takes_its_owners_offset():
     owner.last = 9  # share_in_place extends the owner over the shared result
     total = memplan.assign_offsets([owner, other, shared])
     assert shared.offset == owner.offset != other.offset and total == 2 * 128
+
+
+# ------------------------------------------------------------------ embedded concatenation operands
+@pytest.fixture
+def embedding(monkeypatch):
+    """build(graph, embed) -> kernel, compiled at -O2 without graph passes."""
+    monkeypatch.setattr(compile_module, "_graph_passes", lambda graph, opt_level, dump_dir=None: graph)
+
+    def build(graph, embed):
+        monkeypatch.setattr(emit, "EMBED", embed)
+        return compile_graph(graph, opt_level=2, cache=False)
+
+    return build
+
+
+def embedded(graph) -> list[tuple[int, ...]]:
+    """The embedded operands of every concatenate step, in order."""
+    return [step.embedded for step in GraphEmitter(ModuleBuilder("t"), graph, embed=True).steps
+            if step.op == "concatenate"]
+
+
+def check_embedding(embedding, fn, *args):
+    """Compile with and without embedding: bitwise equal, and equal to the interpreter."""
+    graph = compiler.trace(fn, *args, name=fn.__name__)
+    on, off = embedding(graph, True), embedding(graph, False)
+    got_on, got_off = runtime.pytree.flatten(on(*args))[0], runtime.pytree.flatten(off(*args))[0]
+    want = runtime.pytree.flatten(compiler.evaluate(graph, *args))[0]
+    for a, b, w in zip(got_on, got_off, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, w, rtol=1e-12, atol=1e-12)
+    return graph
+
+
+def test_produced_operands_are_written_in_place_inside_the_concatenation(embedding):
+    def stack(x, w):
+        pieces = [ops.tanh(x * float(i)) for i in range(4)]  # 8x8 f64: 512-byte, aligned slabs
+        later = ops.sum(pieces[1] * 2.0)  # read again after the concatenation: its slab must live on
+        return ops.concatenate(pieces, axis=0) @ w, later
+
+    graph = check_embedding(embedding, stack, normal((8, 8)), normal((8, 3), 1))
+    assert embedded(graph) == [(0, 1, 2, 3)]
+
+
+def test_what_is_never_embedded(embedding):
+    def cases(x, y):
+        a, b = ops.exp(x), ops.sin(x)
+        twice = ops.concatenate([a, b, a], axis=0)  # a read twice by one concatenation: copied
+        across = ops.concatenate([a, b], axis=1)  # axis 1 with 8 rows: a slab is not one run
+        given = ops.concatenate([x, ops.cos(x)], axis=0)  # an input lives in the caller's buffer
+        odd = ops.concatenate([ops.exp(y), ops.sin(y)], axis=0)  # 3 doubles: the second slab is unaligned
+        return twice * 2.0, across * 2.0, given * 2.0, odd * 2.0
+
+    graph = check_embedding(embedding, cases, normal((8, 8)), normal((3,), 1))
+    assert embedded(graph) == [(1,), (), (1,), (0,)]
+
+
+def test_a_value_embeds_once_and_nested_concatenations_nest(embedding):
+    def nested(x):
+        a, b, c = ops.exp(x), ops.sin(x), ops.cos(x)
+        inner = ops.concatenate([a, b], axis=0)  # a and b embed here,
+        outer = ops.concatenate([inner, c], axis=0)  # and inner here: a and b live inside outer
+        other = ops.concatenate([c, a], axis=0)  # c and a are embedded already: copied
+        return ops.sum(outer * 3.0, axis=1), other + 1.0
+
+    graph = check_embedding(embedding, nested, normal((8, 8)))
+    assert embedded(graph) == [(0, 1), (0, 1), ()]
+
+
+def test_embedded_buffers_never_run_in_place():
+    def chain(x):
+        a = ops.exp(x)
+        b = ops.tanh(a)  # a dies here: b could overwrite it, but b's place is a slab of the concatenation
+        c = ops.sin(x)
+        return ops.concatenate([b, c], axis=0) * 2.0
+
+    graph = compiler.trace(chain, normal((8, 8)))
+    steps = GraphEmitter(ModuleBuilder("t"), graph).steps
+    tanh = next(s for s in steps if s.op == "tanh")
+    assert tanh.out.buffer.within is not None and tanh.aliased == ()
+
+
+def test_embedding_shrinks_the_rnn_step_workspace_and_keeps_its_results():
+    from bench.workloads import PullbackOps, build as build_workload
+
+    wl = build_workload("rnn", "quick")
+    step = compiler.value_and_grad(compiler.trace(wl.model(PullbackOps()), *wl.args(), name="rnn"))
+    on = GraphEmitter(ModuleBuilder("on"), compiler.optimize(step))
+    off = GraphEmitter(ModuleBuilder("off"), compiler.optimize(step), embed=False)
+    assert on.embedded_operands > 0 and on.workspace_bytes < off.workspace_bytes
