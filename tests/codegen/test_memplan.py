@@ -30,8 +30,9 @@ def plain(monkeypatch):
     """build(graph, in_place) -> kernel, compiled at -O2 without graph passes."""
     monkeypatch.setattr(compile_module, "_graph_passes", lambda graph, opt_level, dump_dir=None: graph)
 
-    def build(graph, in_place):
+    def build(graph, in_place=True, embed=True):
         monkeypatch.setattr(emit, "IN_PLACE", in_place)
+        monkeypatch.setattr(emit, "EMBED", embed)
         return compile_graph(graph, opt_level=2, cache=False)
 
     return build
@@ -46,10 +47,11 @@ def aliasing(graph) -> list[tuple[str, tuple[int, ...]]]:
     return [(step.op, step.aliased) for step in planned(graph).steps]
 
 
-def check_both_ways(plain, fn, *args):
-    """Compile with and without in-place: bitwise equal, and equal to the interpreter."""
+def check_both_ways(plain, fn, *args, switch="in_place"):
+    """Compile with and without in-place execution (or embedding): bitwise equal, and equal
+    to the interpreter."""
     graph = compiler.trace(fn, *args, name=fn.__name__)
-    on, off = plain(graph, True), plain(graph, False)
+    on, off = plain(graph, **{switch: True}), plain(graph, **{switch: False})
     got_on, got_off = runtime.pytree.flatten(on(*args))[0], runtime.pytree.flatten(off(*args))[0]
     want = runtime.pytree.flatten(compiler.evaluate(graph, *args))[0]
     for a, b, w in zip(got_on, got_off, want, strict=True):
@@ -177,47 +179,23 @@ def test_a_buffer_that_shares_takes_its_owners_offset():
 
 
 # ------------------------------------------------------------------ embedded concatenation operands
-@pytest.fixture
-def embedding(monkeypatch):
-    """build(graph, embed) -> kernel, compiled at -O2 without graph passes."""
-    monkeypatch.setattr(compile_module, "_graph_passes", lambda graph, opt_level, dump_dir=None: graph)
-
-    def build(graph, embed):
-        monkeypatch.setattr(emit, "EMBED", embed)
-        return compile_graph(graph, opt_level=2, cache=False)
-
-    return build
-
-
 def embedded(graph) -> list[tuple[int, ...]]:
     """The embedded operands of every concatenate step, in order."""
     return [step.embedded for step in GraphEmitter(ModuleBuilder("t"), graph, embed=True).steps
             if step.op == "concatenate"]
 
 
-def check_embedding(embedding, fn, *args):
-    """Compile with and without embedding: bitwise equal, and equal to the interpreter."""
-    graph = compiler.trace(fn, *args, name=fn.__name__)
-    on, off = embedding(graph, True), embedding(graph, False)
-    got_on, got_off = runtime.pytree.flatten(on(*args))[0], runtime.pytree.flatten(off(*args))[0]
-    want = runtime.pytree.flatten(compiler.evaluate(graph, *args))[0]
-    for a, b, w in zip(got_on, got_off, want, strict=True):
-        np.testing.assert_array_equal(a, b)
-        np.testing.assert_allclose(a, w, rtol=1e-12, atol=1e-12)
-    return graph
-
-
-def test_produced_operands_are_written_in_place_inside_the_concatenation(embedding):
+def test_produced_operands_are_written_in_place_inside_the_concatenation(plain):
     def stack(x, w):
         pieces = [ops.tanh(x * float(i)) for i in range(4)]  # 8x8 f64: 512-byte, aligned slabs
         later = ops.sum(pieces[1] * 2.0)  # read again after the concatenation: its slab must live on
         return ops.concatenate(pieces, axis=0) @ w, later
 
-    graph = check_embedding(embedding, stack, normal((8, 8)), normal((8, 3), 1))
+    graph = check_both_ways(plain, stack, normal((8, 8)), normal((8, 3), 1), switch="embed")
     assert embedded(graph) == [(0, 1, 2, 3)]
 
 
-def test_what_is_never_embedded(embedding):
+def test_what_is_never_embedded(plain):
     def cases(x, y):
         a, b = ops.exp(x), ops.sin(x)
         twice = ops.concatenate([a, b, a], axis=0)  # a read twice by one concatenation: copied
@@ -226,11 +204,11 @@ def test_what_is_never_embedded(embedding):
         odd = ops.concatenate([ops.exp(y), ops.sin(y)], axis=0)  # 3 doubles: the second slab is unaligned
         return twice * 2.0, across * 2.0, given * 2.0, odd * 2.0
 
-    graph = check_embedding(embedding, cases, normal((8, 8)), normal((3,), 1))
+    graph = check_both_ways(plain, cases, normal((8, 8)), normal((3,), 1), switch="embed")
     assert embedded(graph) == [(1,), (), (1,), (0,)]
 
 
-def test_a_value_embeds_once_and_nested_concatenations_nest(embedding):
+def test_a_value_embeds_once_and_nested_concatenations_nest(plain):
     def nested(x):
         a, b, c = ops.exp(x), ops.sin(x), ops.cos(x)
         inner = ops.concatenate([a, b], axis=0)  # a and b embed here,
@@ -238,7 +216,7 @@ def test_a_value_embeds_once_and_nested_concatenations_nest(embedding):
         other = ops.concatenate([c, a], axis=0)  # c and a are embedded already: copied
         return ops.sum(outer * 3.0, axis=1), other + 1.0
 
-    graph = check_embedding(embedding, nested, normal((8, 8)))
+    graph = check_both_ways(plain, nested, normal((8, 8)), switch="embed")
     assert embedded(graph) == [(0, 1), (0, 1), ()]
 
 
