@@ -72,6 +72,14 @@ def _compile(node: Any) -> Walker | None:
     return walk_sequence
 
 
+def is_container(value: Any) -> bool:
+    """True for what runtime.pytree.flatten never treats as a leaf (a leaf slot holding one
+    means the caller's structure is wrong)."""
+    if value is None or isinstance(value, (list, dict)):
+        return True
+    return isinstance(value, tuple) and not hasattr(value, "_fields")
+
+
 def _leaf(value: Any, out: list) -> bool:
     out.append(value)
     return True

@@ -10,15 +10,28 @@ Call-time rules (the same as compiler/interpreter.py's check_arguments):
 Any mismatch raises CallError (a ValueError) before native code runs, so native code is
 never handed a buffer of the wrong size or type.
 
-Outputs are fresh arrays every call. The workspace is allocated once per Kernel and reused,
-so calls on one Kernel are serialized by a lock (safe from many threads, never concurrent;
-for parallel calls load one Kernel per thread). The native call releases the GIL.
+Outputs are fresh arrays every call, unless the caller passes `out=`: a pytree in the
+manifest's out_tree (e.g. the (loss, grads) a previous call returned) whose leaves are
+numpy arrays of exactly each output's shape and dtype, C-contiguous, aligned, writeable and
+sharing no memory (judged on bounds) with each other or with an input buffer native code
+reads (an input copied anyway, being converted or strided, is a private copy and does not
+count). The call writes into them and returns `out` itself. Nothing is converted on that side; any mismatch is a
+CallError before native code runs (runtime/outputs.py). If native code fails (KernelError),
+the `out` arrays hold partial results.
+
+The workspace is allocated once per Kernel and reused, so calls on one Kernel are serialized
+by a lock (safe from many threads, never concurrent; for parallel calls load one Kernel per
+thread). The native call releases the GIL. Argument and `out` checks run outside the lock.
+Threads that pass the same `out` arrays to concurrent calls get whole, serialized writes,
+but each call's returned `out` may already hold another call's results: give each thread
+its own `out`.
 """
 from __future__ import annotations
 
 import copy
 import ctypes
 import hashlib
+import math
 import os
 import stat
 import sys
@@ -29,9 +42,10 @@ from typing import Any
 import numpy as np
 
 from runtime import artifact
-from runtime.argtree import compile_builder, compile_leaves
+from runtime.argtree import compile_builder, compile_leaves, is_container
 from runtime.errors import ArtifactError, CallError, KernelError
 from runtime.loader import NativeCode, check_target
+from runtime.outputs import OutChecker
 from runtime.pytree import LEAF, flatten, leaf_paths, treedef_to_text
 
 _ndarray = np.ndarray
@@ -64,11 +78,6 @@ def _make_data_pointer() -> Any:
 _data_pointer = _make_data_pointer()
 
 
-def _is_container(value: Any) -> bool:
-    # mirrors runtime.pytree.flatten: these are never leaves
-    return value is None or isinstance(value, (list, dict)) or (isinstance(value, tuple) and not hasattr(value, "_fields"))
-
-
 def _path_text(path: tuple) -> str:
     head, rest = path[0], path[1:]
     return f"args[{head}]" + "".join(f"[{key!r}]" for key in rest)
@@ -99,7 +108,11 @@ class Kernel:
         self._in_plan = tuple((index, shape, dtype) for index, (shape, dtype) in enumerate(self._in_specs))
         self._in_where = [f"input {e['name']!r} ({_path_text(p)})" for e, p in zip(manifest["inputs"], leaf_paths(in_tree))]
         self._out_specs = tuple((tuple(e["shape"]), np.dtype(e["dtype"])) for e in manifest["outputs"])
-        self._build_outputs = compile_builder(artifact.parse_tree(manifest["out_tree"]))
+        out_tree = artifact.parse_tree(manifest["out_tree"])
+        self._build_outputs = compile_builder(out_tree)
+        in_nbytes = tuple(math.prod(shape) * dtype.itemsize for shape, dtype in self._in_specs)
+        self._check_out = OutChecker(self._label, out_tree, manifest["outputs"], self._in_where, in_nbytes,
+                                     _data_pointer)
 
         # the pointer arrays are reused; the lock makes that (and the workspace) safe
         self._ins = (ctypes.c_void_p * max(1, len(self._in_specs)))()
@@ -139,7 +152,8 @@ class Kernel:
         return buffer, address + (-address) % WORKSPACE_ALIGNMENT
 
     # ---- calling --------------------------------------------------------------------
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, *args: Any, out: Any = None) -> Any:
+        """Run the kernel on `args`; write into `out` and return it if given (see the module doc)."""
         if len(args) != self._n_args:
             raise CallError(
                 f"{self._label} takes {self._n_args} argument(s) {self._in_tree_text}, got {len(args)}"
@@ -147,8 +161,9 @@ class Kernel:
         leaves = args if self._flat_args else self._flatten(args)
         keep = []  # converted copies must outlive the native call
         pointers = []
-        # Checked outside the lock: __array__ of an argument may run arbitrary code, even
-        # another call of this kernel, which must not deadlock or see half-filled buffers.
+        # Checked outside the lock (inputs here, `out` below): __array__ of an argument may run
+        # arbitrary code, even another call of this kernel, which must not deadlock or see
+        # half-filled buffers.
         for (index, shape, dtype), value in zip(self._in_plan, leaves):
             if type(value) is _ndarray and value.dtype == dtype and value.shape == shape:
                 flags = value.flags
@@ -158,12 +173,17 @@ class Kernel:
             value = self._convert(index, value, args)
             keep.append(value)
             pointers.append(_data_pointer(value))
-        outputs = []
-        out_pointers = []
-        for shape, dtype in self._out_specs:
-            array = _empty(shape, dtype)
-            outputs.append(array)
-            out_pointers.append(_data_pointer(array))
+        if out is None:
+            outputs = []
+            out_pointers = []
+            for shape, dtype in self._out_specs:
+                array = _empty(shape, dtype)
+                outputs.append(array)
+                out_pointers.append(_data_pointer(array))
+        else:
+            # checked against `pointers`, the buffers native code reads after conversion;
+            # `outputs` keeps base-class views of subclass leaves alive through the call
+            outputs, out_pointers = self._check_out(out, pointers)
 
         self._lock.acquire()
         try:
@@ -176,7 +196,7 @@ class Kernel:
             meaning = self._status_meanings.get(str(status))
             detail = f": {meaning}" if meaning else ""
             raise KernelError(f"{self._label}: native code returned error code {status}{detail}")
-        return self._build_outputs(outputs)
+        return self._build_outputs(outputs) if out is None else out
 
     def _flatten(self, args: tuple) -> list:
         if self._leaves_of is not None:
@@ -197,7 +217,7 @@ class Kernel:
     def _convert(self, index: int, value: Any, args: tuple) -> np.ndarray:
         _, shape, dtype = self._in_plan[index]
         where = self._in_where[index]
-        if _is_container(value):  # a container in a leaf's place: the structure is wrong
+        if is_container(value):  # a container in a leaf's place: the structure is wrong
             raise self._structure_error(flatten(args)[1])
         try:
             array = np.asarray(value)
