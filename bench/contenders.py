@@ -29,6 +29,7 @@ class Contender:
     setup_s: float | None = None  # jit / compile time where the contender has one
     info: dict[str, Any] = field(default_factory=dict)
     hooks: tuple[Callable[[], Any], Callable[[], Any]] | None = None  # untimed, around each sample
+    serial: Callable[[], Any] | None = None  # pullback: the same step built serial, for the thread speedup
 
 
 def one_line(exc: BaseException) -> str:
@@ -112,10 +113,16 @@ def setup_pullback(wl: Workload, opt_level: int) -> tuple[Contender, Contender]:
         _, cached_s = harness.timed(lambda: _compile(compile_fn, step_graph, opt_level, cache=True))
         stage = "compiling the forward pass"
         fwd_kernel, fwd_cold_s = harness.timed(lambda: _compile(compile_fn, forward, opt_level, cache=False))
+        serial_kernel = None
+        if "parallel" in _parameters(compile_fn):
+            stage = "compiling the serial training step"
+            serial_kernel = compile_fn(step_graph, opt_level=opt_level, parallel=False)
         stage = "calling the compiled kernels"
         args = wl.args()
         kernel(*args)
         fwd_kernel(*args)
+        if serial_kernel is not None:
+            serial_kernel(*args)
     except Unavailable:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of a compiler in progress is reported, not raised
@@ -133,7 +140,8 @@ def setup_pullback(wl: Workload, opt_level: int) -> tuple[Contender, Contender]:
     def forward_result() -> tuple[float, None]:
         return float(fwd_kernel(*args)), None  # the loss only: checked against numpy's
 
-    step = Contender("pullback", lambda: kernel(*args), result, cold_s, info)
+    serial = (lambda: serial_kernel(*args)) if serial_kernel is not None else None
+    step = Contender("pullback", lambda: kernel(*args), result, cold_s, info, serial=serial)
     return step, Contender("pullback-fwd", lambda: fwd_kernel(*args), forward_result, fwd_cold_s)
 
 

@@ -48,11 +48,13 @@ def pullback_rows(records: list[dict]) -> list[list[str]]:
         if pb is None:
             continue
         if not pb.get("available"):
-            rows.append([rec["name"], "not available: " + pb["reason"]] + [""] * 6)
+            rows.append([rec["name"], "not available: " + pb["reason"]] + [""] * 7)
             continue
+        speedup = pb.get("parallel_speedup")
         rows.append([rec["name"], rec["status"], _fmt(pb["trace_s"] + pb["autodiff_s"], ".2f"),
                      _fmt(pb["compile_cold_s"], ".2f"), _fmt(pb["compile_cached_s"], ".3f"),
-                     _fmt(pb.get("backward_forward_ratio"), ".2f"), f"{pb['workspace_bytes'] / 2**20:.2f}",
+                     _fmt(pb.get("backward_forward_ratio"), ".2f"), f"{speedup:.2f}x" if speedup else "-",
+                     f"{pb['workspace_bytes'] / 2**20:.2f}",
                      _fmt(pb.get("grad_max_rel_err"), ".1e")])
     return rows
 

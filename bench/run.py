@@ -162,14 +162,25 @@ SETTLE_S = 0.25  # peers' idle pool threads (OpenBLAS, OpenMP, XLA) spin a while
 def backward_forward_alone(step: Contender, fwd: Contender, settings: Settings) -> dict[str, Any]:
     """The bwd/fwd ratio from the step and the forward-only kernel timed alternately on their
     own: in the mixed run each of them often comes right after a peer whose thread pools
-    are still spinning, and whichever follows the peers more often looks slower."""
+    are still spinning, and whichever follows the peers more often looks slower. The serial
+    build of the step (when there is one) joins them: serial / threaded is the speedup the
+    threads give."""
     time.sleep(SETTLE_S)
-    pair = [step, fwd]
-    stats = harness.round_robin({c.name: c.step for c in pair}, settings.calls, settings.warmup,
-                                settings.min_sample_s, {c.name: c.hooks for c in pair if c.hooks})
+    fns = {step.name: step.step, fwd.name: fwd.step}
+    if step.serial is not None:
+        fns[SERIAL] = step.serial
+    stats = harness.round_robin(fns, settings.calls, settings.warmup, settings.min_sample_s,
+                                {c.name: c.hooks for c in (step, fwd) if c.hooks})
     s, f = stats[step.name], stats[fwd.name]
-    return {"backward_forward_ratio": harness.ratio(s.median, f.median),
-            "alone_step_median_ms": s.median * 1e3, "alone_forward_median_ms": f.median * 1e3}
+    result = {"backward_forward_ratio": harness.ratio(s.median, f.median),
+              "alone_step_median_ms": s.median * 1e3, "alone_forward_median_ms": f.median * 1e3}
+    if SERIAL in stats:
+        result["serial_step_median_ms"] = stats[SERIAL].median * 1e3
+        result["parallel_speedup"] = harness.ratio(stats[SERIAL].median, s.median)
+    return result
+
+
+SERIAL = "pullback-serial"
 
 
 def guarded(make: Callable[[], Workload], settings: Settings, peak: dict) -> dict[str, Any]:
@@ -372,9 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         say("\npullback (front end = trace + value_and_grad; compile = codegen, cold with the cache off, then cached; "
             "bwd/fwd = training step / forward-only kernel, timed alternately on their own after the peers, "
-            "medians; workspace = training step kernel)")
-        say(table(["workload", "status", "front end s", "compile s", "cached s", "bwd/fwd", "workspace MiB",
-                   "grad err"], rows))
+            "medians; threads = the step built serial (compile(..., parallel=False)) / the threaded step, "
+            "timed with them; workspace = training step kernel)")
+        say(table(["workload", "status", "front end s", "compile s", "cached s", "bwd/fwd", "threads",
+                   "workspace MiB", "grad err"], rows))
     if scaling:
         say("\nRNN scaling with T (batch 16, 32->128->32)")
         say(table(["T", "status", "front end s", "compile s", "cached s", "pullback ms", "numpy ms", "pb/numpy",

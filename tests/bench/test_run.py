@@ -12,7 +12,7 @@ SETTINGS = run.Settings(calls=3, warmup=1, min_sample_s=0.0, opt_level=2, preset
 PEAK = {"all_cores_gflops": 10.0, "best_gflops": 10.0, "single_thread_gflops": 5.0}
 
 
-def _fake_pullback(log: list[str] | None = None):
+def _fake_pullback(log: list[str] | None = None, serial: bool = False):
     def setup(wl, opt_level):
         def result():
             loss, grads = wl.numpy_step(*wl.args())
@@ -23,7 +23,8 @@ def _fake_pullback(log: list[str] | None = None):
 
         info = {"trace_s": 0.0, "autodiff_s": 0.0, "compile_cold_s": 0.1, "compile_cached_s": 0.01,
                 "workspace_bytes": 1024}
-        return (contenders.Contender("pullback", step("pullback"), result, 0.1, info),
+        return (contenders.Contender("pullback", step("pullback"), result, 0.1, info,
+                                     serial=step("pullback-serial") if serial else None),
                 contenders.Contender("pullback-fwd", step("pullback-fwd"), result, 0.05))
     return setup
 
@@ -36,8 +37,8 @@ def timings(monkeypatch):
 
     def fake(fns, calls=30, warmup=3, min_sample_s=0.0, hooks=None, seed=0):
         asked.append({"names": sorted(fns), "calls": calls, "warmup": warmup, "min_sample_s": min_sample_s})
-        alone = set(fns) == {"pullback", "pullback-fwd"}
-        medians = {"pullback": 2e-3 if alone else 3e-3, "pullback-fwd": 1e-3, "numpy": 5e-3}
+        alone = "numpy" not in fns
+        medians = {"pullback": 2e-3 if alone else 3e-3, "pullback-fwd": 1e-3, "numpy": 5e-3, "pullback-serial": 3e-3}
         return {name: harness.summarize([medians[name]] * calls) for name in fns}
 
     monkeypatch.setattr(harness, "round_robin", fake)
@@ -58,7 +59,18 @@ def test_bwd_fwd_is_timed_alone_after_the_peers(monkeypatch, timings):
     # the timing table's rows stay those of the mixed run
     assert record["contenders"]["pullback"]["median_ms"] == pytest.approx(3.0)
     assert record["contenders"]["numpy"]["pullback_ratio"] == pytest.approx(0.6)
-    assert report.pullback_rows([record])[0][5] == "2.00"
+    assert report.pullback_rows([record])[0][5:7] == ["2.00", "-"]  # no serial build: no thread speedup
+
+
+def test_the_serial_build_is_timed_with_the_pair_for_the_thread_speedup(monkeypatch, timings):
+    monkeypatch.setattr(run, "setup_pullback", _fake_pullback(serial=True))
+    record = run.run_workload(build("mlp", "test"), SETTINGS, PEAK)
+    assert [t["names"] for t in timings] == [["numpy", "pullback", "pullback-fwd"],
+                                             ["pullback", "pullback-fwd", "pullback-serial"]]
+    pb = record["pullback"]
+    assert pb["backward_forward_ratio"] == pytest.approx(2.0)
+    assert pb["serial_step_median_ms"] == pytest.approx(3.0) and pb["parallel_speedup"] == pytest.approx(1.5)
+    assert report.pullback_rows([record])[0][6] == "1.50x"
 
 
 def test_no_second_run_without_pullback(monkeypatch, timings):
