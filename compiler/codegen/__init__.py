@@ -8,7 +8,7 @@
 Modules: target.py (host target machine, LLVM pipeline, emission), loops.py (strided
 loop nests), scalar.py (dtypes, per-op scalar expressions, transcendentals), lower.py
 (the LOWERINGS table: view and kernel rules keyed by op name, elementwise kernels),
-kernels.py (shape, reduction and matmul kernels), control.py (fixed_point), memplan.py
+kernels.py (shape and matmul kernels), reduce.py (reductions), control.py (fixed_point), memplan.py
 (workspace offsets), emit.py (graph -> module), compile.py (compile, llvm_ir, assembly),
 cache.py (the on-disk compile cache).
 """

@@ -1,11 +1,7 @@
 """Kernel rules of the shape, reduction and matmul ops (see lower.py for the protocol).
 
-Reductions (sum, mean, max, min) walk their operand once in memory order and accumulate
-into the zero-initialized (identity-initialized) result through stride-0 axes, so
-reducing a leading axis reads contiguously and reducing the last axis becomes a register
-reduction after LLVM promotes the result element. Float sums carry the `reassoc` flag so
-LLVM may vectorize them with partial sums (numpy's pairwise summation reorders too); max
-and min use llvm.maximum/llvm.minimum, which propagate NaN as numpy.max does.
+Reductions (sum, mean, max, min) live in reduce.py: explicit vectors along a contiguous
+innermost axis, whether it is reduced (short rows too) or kept, else a loop nest.
 
 logsumexp and the softmax family loop over the kept elements outside and the reduced
 axes inside, in three passes: the maximum (replaced by 0 when not finite, as the
@@ -31,6 +27,7 @@ from compiler.codegen import scalar as S
 from compiler.codegen.loops import Layout, const, contiguous_strides, nest
 from compiler.codegen.lower import EMBEDDED, KernelCtx, Lowering, broadcast_strides, normalize_index, register
 from compiler.codegen.parallel_loops import nest_bytes, split_nest
+from compiler.codegen.reduce import emit_reduce
 
 # ---------------------------------------------------------------- shape ops
 def _emit_pad(ctx: KernelCtx) -> None:
@@ -107,57 +104,8 @@ register(Lowering("scatter_add", emit=_emit_scatter_add))
 
 
 # ---------------------------------------------------------------- reductions
-def _strides_over_input(shape: Sequence[int], axes: Sequence[int], keepdims: bool) -> tuple[int, ...]:
-    """The result's (contiguous) strides as seen from each input axis; 0 on reduced axes."""
-    out_shape = [1 if i in axes else d for i, d in enumerate(shape)] if keepdims else \
-        [d for i, d in enumerate(shape) if i not in axes]
-    out_strides = list(contiguous_strides(out_shape))
-    result, k = [], 0
-    for i in range(len(shape)):
-        if i in axes:
-            result.append(0)
-            if keepdims:
-                k += 1
-        else:
-            result.append(out_strides[k])
-            k += 1
-    return tuple(result)
-
-
-_IDENTITY = {"sum": 0, "mean": 0, "max": -np.inf, "min": np.inf}
-
-
-def _identity(op: str, dtype: str) -> float | int:
-    value = _IDENTITY[op]
-    if not S.is_float(dtype) and op in ("max", "min"):
-        info = np.iinfo(dtype)
-        return int(info.min if op == "max" else info.max)
-    return value
-
-
-def _emit_reduce(ctx: KernelCtx) -> None:
-    (x,) = ctx.ins
-    out = ctx.out
-    op, axes, keepdims = ctx.op, ctx.attrs["axes"], ctx.attrs["keepdims"]
-    sc = ctx.scalar()
-    ctx.fill(out, sc.const(_identity(op, x.dtype)))
-    if x.layout.size:
-        combine = {"max": S.maximum, "min": S.minimum}.get(op)
-        with nest(ctx.b, x.shape, [x.strides, _strides_over_input(x.shape, axes, keepdims)]) as (i, o):
-            acc, value = ctx.load(out, o), ctx.load(x, i)
-            if combine is None:
-                result = S.add(sc, acc, value, flags=("reassoc",) if S.is_float(x.dtype) else ())
-            else:
-                result = combine(sc, acc, value)
-            ctx.store(out, o, result)
-    if op == "mean" and out.layout.size:
-        count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
-        with nest(ctx.b, out.shape, [out.strides]) as (o,):
-            ctx.store(out, o, ctx.b.fdiv(ctx.load(out, o), sc.const(count)))
-
-
-for _op in ("sum", "mean", "max", "min"):
-    register(Lowering(_op, emit=_emit_reduce))
+for _op in ("sum", "mean", "max", "min"):  # vectorized over contiguous runs: reduce.py
+    register(Lowering(_op, emit=emit_reduce))
 
 
 def _split(x: Any, axes: Sequence[int]) -> tuple[tuple, tuple, tuple, tuple]:
