@@ -18,7 +18,7 @@ BLOCK_BYTES of stacked operands, so a T=512 RNN keeps 32 steps of deltas, not 51
 
 Pieces are `matmul`s of two float matrices that only the sum reads, with a contraction of
 at most PIECE_K (a deep product gains nothing from stacking); pieces of one block share
-their operand types. Transposed operands (h_t^T, the usual case) are stacked untransposed
+their operand types, and a block is stacked only when its product has MIN_BLOCK_FLOPS. Transposed operands (h_t^T, the usual case) are stacked untransposed
 and the stack transposed once, so the copies are contiguous rows:
 concatenate(x_i^T, axis=1) = concatenate(x_i, axis=0)^T; a `full` operand (the zero
 state h_0) is stacked as a `full` of the transposed shape.
@@ -48,6 +48,10 @@ PIECE_K = 128  # a piece contracting over more than this is already a fair-sized
 BLOCK_K = 512  # contraction depth of one stacked product
 BLOCK_BYTES = 2 << 20  # stacked operand bytes of one block
 MIN_PIECES = 4  # fewer gain little, and a block needs ids for up to five new nodes
+# A block pays when its product is big enough to run on every core (the code generator's
+# parallel.MIN_FLOPS); below that the copies eat the gain and the stacks cost memory
+# (measured: the 32-wide example RNN, same time, 2.7x the workspace).
+MIN_BLOCK_FLOPS = 2_000_000
 
 
 def _is_piece(graph: Graph, node_id: int, tree: set[int], outputs: set[int]) -> bool:
@@ -71,7 +75,8 @@ def _blocks(graph: Graph, pieces: list[int], position: dict[int, int]) -> list[l
         if block and ((len(block) + 1) * k > BLOCK_K or (len(block) + 1) * per_piece > BLOCK_BYTES):
             blocks.append(block := [])
         block.append(piece)
-    return [block for block in blocks if len(block) >= MIN_PIECES]
+    m, n = a.shape[0], b.shape[1]
+    return [block for block in blocks if len(block) >= MIN_PIECES and 2 * m * n * k * len(block) >= MIN_BLOCK_FLOPS]
 
 
 class _Builder:

@@ -15,6 +15,12 @@ from tests.passes.support import body, expected, run
 STACK = StackProducts()
 
 
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """The graphs here are tiny: let any block stack (the size rule has its own test)."""
+    monkeypatch.setattr(stack_products, "MIN_BLOCK_FLOPS", 0)
+
+
 def _sum_of_products(n: int):
     """f(hs, gs) = sum_i hs[i]^T @ gs[i], written as the adjoint writes weight gradients."""
     def f(hs, gs):
@@ -88,6 +94,12 @@ def test_blocks_are_bounded_by_depth(monkeypatch):
     # pieces 1-4 and 5-8 stacked; 9 and 10 are too few for a block and stay products
     assert sorted(graph.type(p.operands[1]).shape[0] for p in products) == [3, 3, 12, 12]
     np.testing.assert_allclose(compiler.evaluate(graph, *args), want, rtol=1e-5, atol=1e-6)
+
+
+def test_small_blocks_stay_products(monkeypatch):
+    monkeypatch.setattr(stack_products, "MIN_BLOCK_FLOPS", 2_000_000)
+    assert not run(STACK, _traced(8, k=16, m=64, width=64))  # 2*64*64*128 = 1.0 MFLOP
+    assert run(STACK, _traced(16, k=16, m=64, width=64))  # 2*64*64*256 = 2.1 MFLOP
 
 
 def test_what_stays_alone():
