@@ -4,7 +4,6 @@ interpreter's answer; nothing crashes, even in a fresh process."""
 from __future__ import annotations
 
 import collections
-import threading
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ import compiler
 import runtime
 from compiler import Spec, ops
 from tests.reliability.crashproof import assert_clean_error, assert_ok, crashproof, guarded
+from tests.threads import run_in_threads
 
 BATCH, N_IN, HIDDEN, CLASSES = 4, 5, 6, 3
 
@@ -380,11 +380,7 @@ def test_threads_mixing_good_and_bad_calls(step, args):
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(worker)
     assert not errors, errors[0]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import threading
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import pytest
 import runtime
 from runtime import elf
 from runtime.loader import _llvm
+from tests.threads import run_in_threads
 
 # out[i] = a[i] + b[i] over f32[4]; status 5 if an input pointer is not 4-byte aligned
 ADD_IR = r"""
@@ -288,11 +288,7 @@ def test_concurrent_calls_from_threads():
             if not np.allclose(e, np.exp(x), rtol=1e-6):
                 failures.append(seed)
 
-    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(work)
     assert not failures
 
 

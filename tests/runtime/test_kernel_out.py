@@ -5,7 +5,6 @@ kernels cover the (loss, grads-dict) trees a training loop reuses.
 """
 from __future__ import annotations
 
-import threading
 from collections import namedtuple
 
 import numpy as np
@@ -16,6 +15,7 @@ from runtime.pytree import LEAF, flatten
 from tests.runtime.test_kernel import (
     ADD_IR, TREE_IR, add_kernel, add_manifest, build_object, exp_kernel, tree_kernel, tree_manifest,
 )
+from tests.threads import run_in_threads
 
 A = np.array([1, 2, 3, 4], dtype=np.float32)
 B = np.array([10, 20, 30, 40], dtype=np.float32)
@@ -159,11 +159,7 @@ def test_threads_with_their_own_out():
             if kernel(x, out=out) is not out or not np.allclose(out[0], np.exp(x), rtol=1e-6):
                 failures.append(seed)
 
-    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(work)
     assert not failures
 
 
