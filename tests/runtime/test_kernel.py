@@ -189,16 +189,6 @@ def tree_kernel() -> runtime.Kernel:
     return runtime.Kernel.from_parts(tree_manifest(), build_object(TREE_IR))
 
 
-@pytest.fixture(scope="module")
-def add() -> runtime.Kernel:
-    return add_kernel()
-
-
-@pytest.fixture(scope="module")
-def tree() -> runtime.Kernel:
-    return tree_kernel()
-
-
 A = np.array([1, 2, 3, 4], dtype=np.float32)
 B = np.array([10, 20, 30, 40], dtype=np.float32)
 

@@ -13,7 +13,7 @@ import pytest
 import runtime
 from runtime.pytree import LEAF, flatten
 from tests.runtime.test_kernel import (
-    ADD_IR, TREE_IR, add_kernel, add_manifest, build_object, exp_kernel, tree_kernel, tree_manifest,
+    ADD_IR, TREE_IR, add_manifest, build_object, exp_kernel, tree_manifest,
 )
 from tests.threads import run_in_threads
 
@@ -22,16 +22,6 @@ B = np.array([10, 20, 30, 40], dtype=np.float32)
 W = np.array([1.0, 2.0, 3.0], dtype=np.float32)
 X = np.array([4, -5, 6], dtype=np.int32)
 TREE_ARGS = ({"b": np.float32(0.5), "w": W}, X)
-
-
-@pytest.fixture(scope="module")
-def add() -> runtime.Kernel:
-    return add_kernel()
-
-
-@pytest.fixture(scope="module")
-def tree() -> runtime.Kernel:
-    return tree_kernel()
 
 
 def tree_out(n: np.ndarray | None = None, y: np.ndarray | None = None) -> dict:
