@@ -153,7 +153,8 @@ def embed_operands(steps: Sequence[Any]) -> int:
     An operand embeds when its buffer is a workspace buffer read whole and contiguously
     by this step alone among its operands, its slab of the result is one contiguous,
     64-byte-aligned run (everything before `axis` has extent 1), and it is not embedded
-    elsewhere; the result must be a workspace buffer. The outermost buffer's lifetime
+    elsewhere; the result must be a workspace buffer, and the operands that qualify must
+    make up at least half of it. The outermost buffer's lifetime
     then grows to cover every buffer embedded in it, directly or through another
     concatenation. Sets `buffer.within = (parent, byte offset)` and `step.embedded`;
     returns how many operands embed."""
@@ -168,7 +169,7 @@ def embed_operands(steps: Sequence[Any]) -> int:
         itemsize = np.dtype(out.dtype).itemsize
         slab_stride = out.layout.strides[axis] * itemsize
         seen = [v.buffer for v in step.ins]
-        embedded = []
+        eligible = []
         position = 0
         for index, value in enumerate(step.ins):
             buffer, at = value.buffer, position * slab_stride
@@ -176,10 +177,16 @@ def embed_operands(steps: Sequence[Any]) -> int:
             if (buffer.kind != "workspace" or buffer.within is not None or buffer is out.buffer
                     or seen.count(buffer) != 1 or at % ALIGNMENT or not _whole(value)):
                 continue
+            eligible.append((index, buffer, at))
+        # Embedding stretches the result's lifetime back to its earliest embedded operand:
+        # worth it when the producers build most of the result, not for a stray slab (an
+        # RNN's second, shifted stack of states would otherwise live from the forward pass)
+        if 2 * sum(buffer.nbytes for _, buffer, _ in eligible) < out.buffer.nbytes:
+            eligible = []
+        for _, buffer, at in eligible:
             buffer.within = (out.buffer, at)
-            embedded.append(index)
-        step.embedded = tuple(embedded)
-        count += len(embedded)
+        step.embedded = tuple(index for index, _, _ in eligible)
+        count += len(eligible)
     for step in steps:
         for index in step.embedded:
             buffer = step.ins[index].buffer

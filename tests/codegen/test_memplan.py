@@ -198,14 +198,25 @@ def test_produced_operands_are_written_in_place_inside_the_concatenation(plain):
 def test_what_is_never_embedded(plain):
     def cases(x, y):
         a, b = ops.exp(x), ops.sin(x)
-        twice = ops.concatenate([a, b, a], axis=0)  # a read twice by one concatenation: copied
+        twice = ops.concatenate([a, b, a], axis=0)  # a read twice: copied (and b alone is too little)
         across = ops.concatenate([a, b], axis=1)  # axis 1 with 8 rows: a slab is not one run
         given = ops.concatenate([x, ops.cos(x)], axis=0)  # an input lives in the caller's buffer
         odd = ops.concatenate([ops.exp(y), ops.sin(y)], axis=0)  # 3 doubles: the second slab is unaligned
         return twice * 2.0, across * 2.0, given * 2.0, odd * 2.0
 
     graph = check_both_ways(plain, cases, normal((8, 8)), normal((3,), 1), switch="embed")
-    assert embedded(graph) == [(1,), (), (1,), (0,)]
+    assert embedded(graph) == [(), (), (1,), (0,)]
+
+
+def test_a_stray_slab_is_not_embedded(plain):
+    def shifted(x):
+        hs = [ops.tanh(x * float(i)) for i in range(5)]
+        first = ops.concatenate(hs[:4], axis=0)  # all four embed here
+        second = ops.concatenate(hs[1:], axis=0)  # only hs[4] could: a quarter, so it is copied
+        return ops.sum(first * 2.0), ops.sum(second * 3.0)
+
+    graph = check_both_ways(plain, shifted, normal((8, 8)), switch="embed")
+    assert embedded(graph) == [(0, 1, 2, 3), ()]
 
 
 def test_a_value_embeds_once_and_nested_concatenations_nest(plain):
