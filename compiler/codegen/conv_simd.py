@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 from llvmlite import ir
 
 from compiler.codegen import matmul, parallel
-from compiler.codegen.loops import I1, I32, I64, carry_loop, const, for_range
+from compiler.codegen.loops import I1, I32, I64, carry_loop, const, declare, for_range
 from compiler.codegen.scalar import ITEMSIZE, LLVM_TYPES
 
 PTR = ir.PointerType()
@@ -159,10 +159,7 @@ class Vec:
 
     # ---- declarations and constants
     def declare(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
-        existing = self.module.globals.get(name)
-        if existing is not None:
-            return existing
-        return ir.Function(self.module, ir.FunctionType(ret, args), name=name)
+        return declare(self.module, name, ret, args)
 
     def vtype(self, w: int | None = None) -> ir.VectorType:
         return ir.VectorType(self.t, w or self.vl)

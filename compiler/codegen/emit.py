@@ -32,7 +32,7 @@ from llvmlite import ir
 
 from compiler.codegen import memplan, profiling
 from compiler.codegen.loops import I8, I32, Layout, const
-from compiler.codegen.lower import EMBEDDED, LOWERINGS, KernelCtx, Lowering, Operand, constant_bytes
+from compiler.codegen.lower import LOWERINGS, KernelCtx, Lowering, Operand, constant_bytes
 from compiler.codegen.scalar import LLVM_TYPES
 from compiler.errors import PullbackError
 from compiler.ir.graph import Graph
@@ -184,13 +184,14 @@ class ModuleBuilder:
         builder.branch(body)
         builder.position_at_end(body)
         ctx = KernelCtx(
-            b=builder, op=step.op, attrs=dict(step.attrs, **({EMBEDDED: step.embedded} if step.embedded else {})),
+            b=builder, op=step.op, attrs=dict(step.attrs),
             out=Operand(out_arg, Layout.contiguous(step.out.layout.shape), step.out.dtype),
             # an overwritten operand is read through `out` itself: one pointer, so LLVM sees
             # each element loaded before its own store instead of a possible overlap to check
             ins=[Operand(out_arg if i in step.aliased else arg, Layout(v.layout.shape, v.layout.strides), v.dtype)
                  for i, (arg, v) in enumerate(zip(in_args, step.ins))],
             scratch=scratch_arg if scratch else None, module_builder=self, entry_block=entry,
+            embedded=step.embedded,
         )
         assert step.lowering.emit is not None
         step.lowering.emit(ctx)

@@ -25,7 +25,7 @@ from llvmlite import ir
 from compiler.codegen import matmul
 from compiler.codegen import scalar as S
 from compiler.codegen.loops import Layout, const, contiguous_strides, nest
-from compiler.codegen.lower import EMBEDDED, KernelCtx, Lowering, broadcast_strides, normalize_index, register
+from compiler.codegen.lower import KernelCtx, Lowering, broadcast_strides, normalize_index, register
 from compiler.codegen.parallel_loops import nest_bytes, split_nest
 from compiler.codegen.reduce import emit_reduce
 
@@ -52,10 +52,8 @@ def _emit_concatenate(ctx: KernelCtx) -> None:
     axis = ctx.attrs["axis"]
     out = ctx.out
     position = 0
-    # operands the planner placed inside the result already hold their slab (memplan.embed)
-    embedded = ctx.attrs.get(EMBEDDED, ())
     for index, x in enumerate(ctx.ins):
-        if index not in embedded:
+        if index not in ctx.embedded:  # those already hold their slab of the result
             ctx.copy(out.relayout(Layout(x.shape, out.strides)), x, position * out.strides[axis])
         position += x.shape[axis]
 

@@ -70,6 +70,12 @@ def simplify(shape: Sequence[int], strides_list: Sequence[Sequence[int]]) -> tup
     return dims, out
 
 
+def declare(module: ir.Module, name: str, ret: ir.Type, args: Sequence[ir.Type]) -> ir.Function:
+    """The module's function `name` (an intrinsic or a library function), declared once."""
+    existing = module.globals.get(name)
+    return existing if existing is not None else ir.Function(module, ir.FunctionType(ret, list(args)), name=name)
+
+
 def const(value: int) -> ir.Constant:
     return ir.Constant(I64, value)
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from llvmlite import ir
 
-from compiler.codegen.loops import I64, Layout, const, contiguous_strides, nest
+from compiler.codegen.loops import I64, Layout, const, contiguous_strides, declare, nest
 from compiler.codegen.parallel_loops import nest_bytes, split_nest
 from compiler.codegen.scalar import ITEMSIZE, LLVM_TYPES, SCALAR_OPS, Scalar
 
@@ -66,6 +66,7 @@ class KernelCtx:
     scratch: ir.Value | None
     module_builder: Any  # emit.ModuleBuilder, for rules that compile sub-graphs
     entry_block: ir.Block = field(default=None)  # type: ignore[assignment]
+    embedded: tuple[int, ...] = ()  # operands already inside `out` (memplan.embed_operands): not copied
 
     def address(self, operand: Operand, offset: ir.Value) -> ir.Value:
         return self.b.gep(operand.ptr, [offset], inbounds=True, source_etype=operand.type)
@@ -114,22 +115,13 @@ class KernelCtx:
             self.store(dst, d, value)
 
 
-# KernelCtx.attrs key (no IR attribute can have a space) listing the operands of a
-# `concatenate` that the planner placed inside its result (memplan.embed_operands)
-EMBEDDED = "embedded operands"
-
-
 def _dense(shape: Sequence[int], strides: Sequence[int], contiguous: Sequence[int]) -> bool:
     return all(n == 1 or st == c for n, st, c in zip(shape, strides, contiguous))
 
 
 def memcpy(b: ir.IRBuilder, dst: ir.Value, src: ir.Value, nbytes: int) -> None:
-    module = b.module
-    name = "llvm.memcpy.p0.p0.i64"
-    fn = module.globals.get(name)
-    if fn is None:
-        ptr = ir.PointerType()
-        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, ptr, ir.IntType(64), ir.IntType(1)]), name)
+    ptr = ir.PointerType()
+    fn = declare(b.module, "llvm.memcpy.p0.p0.i64", ir.VoidType(), [ptr, ptr, I64, ir.IntType(1)])
     b.call(fn, [dst, src, const(nbytes), ir.Constant(ir.IntType(1), 0)])
 
 

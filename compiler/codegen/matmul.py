@@ -78,7 +78,7 @@ from typing import Callable, Iterator, Sequence
 from llvmlite import ir
 
 from compiler.codegen import parallel, target
-from compiler.codegen.loops import I32, I64, I8, Layout, carry_loop, const, for_range, nest, simplify
+from compiler.codegen.loops import I32, I64, I8, Layout, carry_loop, const, declare, for_range, nest, simplify
 from compiler.codegen.lower import KernelCtx, Operand
 from compiler.codegen.scalar import ITEMSIZE, LLVM_TYPES
 
@@ -414,10 +414,7 @@ class Generator:
 
     # ---- small helpers
     def _declare(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
-        existing = self.module.globals.get(name)
-        if existing is not None:
-            return existing
-        return ir.Function(self.module, ir.FunctionType(ret, args), name=name)
+        return declare(self.module, name, ret, args)
 
     def _function(self, name: str, nargs: int, epilogue: bool = False) -> tuple[ir.Function, bool]:
         """An internal function of `nargs` pointers, then the epilogue's operands if `epilogue`."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections import Counter
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -168,14 +169,14 @@ def embed_operands(steps: Sequence[Any]) -> int:
             continue
         itemsize = np.dtype(out.dtype).itemsize
         slab_stride = out.layout.strides[axis] * itemsize
-        seen = [v.buffer for v in step.ins]
+        readers = Counter(id(v.buffer) for v in step.ins)
         eligible = []
         position = 0
         for index, value in enumerate(step.ins):
             buffer, at = value.buffer, position * slab_stride
             position += value.layout.shape[axis]
             if (buffer.kind != "workspace" or buffer.within is not None or buffer is out.buffer
-                    or seen.count(buffer) != 1 or at % ALIGNMENT or not _whole(value)):
+                    or readers[id(buffer)] != 1 or at % ALIGNMENT or not _whole(value)):
                 continue
             eligible.append((index, buffer, at))
         # Embedding stretches the result's lifetime back to its earliest embedded operand:
@@ -206,10 +207,8 @@ def _whole(value: Any) -> bool:
 
 def _covers(value: Any, out: Any) -> bool:
     """`value` reads its whole buffer element for element where `out` writes its own."""
-    layout, result = value.layout, out.layout
-    return (layout.shape == result.shape and layout.offset == 0 and layout.is_contiguous()
-            and np.dtype(value.dtype).itemsize == np.dtype(out.dtype).itemsize
-            and value.buffer.nbytes == out.buffer.nbytes)
+    return (value.layout.shape == out.layout.shape and _whole(value)
+            and np.dtype(value.dtype).itemsize == np.dtype(out.dtype).itemsize)
 
 
 def share_in_place(steps: Sequence[Any]) -> int:

@@ -36,7 +36,7 @@ from llvmlite import ir
 
 from compiler.codegen import scalar as S
 from compiler.codegen.conv_simd import indices, lanes_and_registers, lanes_for
-from compiler.codegen.loops import I1, I32, carry_loop, const, contiguous_strides, for_range, nest, simplify
+from compiler.codegen.loops import I1, I32, carry_loop, const, contiguous_strides, declare, for_range, nest, simplify
 from compiler.codegen.lower import KernelCtx, Operand
 
 PTR = ir.PointerType()
@@ -109,9 +109,7 @@ class _Lanes:
         return ir.Constant(self.vtype(self.w), [self.pad] * self.w)
 
     def _declare(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
-        module = self.b.module
-        existing = module.globals.get(name)
-        return existing if existing is not None else ir.Function(module, ir.FunctionType(ret, args), name=name)
+        return declare(self.b.module, name, ret, args)
 
     def load(self, x: Operand, offset: ir.Value | int, lanes: int) -> ir.Value:
         """x[offset : offset + lanes] in a vector of w lanes, the identity past `lanes`

@@ -27,15 +27,16 @@ def leaves(tree):
     return runtime.pytree.flatten(tree)[0]
 
 
-def check(fn, *args, tol=None, opt_level=2, name=None):
-    """Trace fn on args, compile, compare every output with the interpreter; returns the kernel."""
+def check(fn, *args, tol=None, opt_level=2, name=None, tols=ELEMENTWISE):
+    """Trace fn on args, compile, compare every output with the interpreter (float outputs
+    within `tol`, else within tols[dtype]); returns the kernel."""
     graph = compiler.trace(fn, *args, name=name or getattr(fn, "__name__", "f"))
     kernel = compile_graph(graph, opt_level=opt_level, cache=False)
     actual, expected = kernel(*args), compiler.evaluate(graph, *args)
     for a, e in zip(leaves(actual), leaves(expected), strict=True):
         assert a.shape == e.shape and a.dtype == e.dtype, (a.dtype, a.shape, e.dtype, e.shape)
         if e.dtype.kind == "f":
-            np.testing.assert_allclose(a, e, **(tol or ELEMENTWISE[e.dtype.name]))
+            np.testing.assert_allclose(a, e, **(tol or tols[e.dtype.name]))
         else:
             np.testing.assert_array_equal(a, e)
     return kernel

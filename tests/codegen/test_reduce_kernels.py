@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import compiler
-import runtime
 from compiler import ops
 from compiler.codegen import build, compile as compile_graph
 from compiler.codegen import llvm_ir
 from compiler.ops.tensor import apply
+from tests.codegen.test_codegen import check as compare_compiled
 
 TOL = {"float64": dict(rtol=1e-10, atol=1e-10), "float32": dict(rtol=1e-4, atol=2e-4)}
 DTYPES = ["float32", "float64", "int32", "int64"]
@@ -30,25 +30,12 @@ CASES = [
 ]
 
 
-def leaves(tree):
-    return runtime.pytree.flatten(tree)[0]
-
-
 def check(fn, *args, tol=None):
     """Compile at opt_level 2 and compare with the interpreter. Each reduction must read its
     own input: reductions of one value become one sibling fusion (fused_siblings.py)."""
-    graph = compiler.trace(fn, *args, name="reduce")
-    optimized = build(graph, 2).graph
+    optimized = build(compiler.trace(fn, *args, name="reduce"), 2).graph
     assert not any(node.op == "fusion" for _, node in optimized.nodes()), compiler.dump(optimized)
-    kernel = compile_graph(graph, opt_level=2, cache=False)
-    actual, expected = kernel(*args), compiler.evaluate(graph, *args)
-    for a, e in zip(leaves(actual), leaves(expected), strict=True):
-        assert a.shape == e.shape and a.dtype == e.dtype, (a.dtype, a.shape, e.dtype, e.shape)
-        if e.dtype.kind == "f":
-            np.testing.assert_allclose(a, e, **(tol or TOL[e.dtype.name]))
-        else:
-            np.testing.assert_array_equal(a, e)
-    return kernel
+    return compare_compiled(fn, *args, tol=tol, name="reduce", tols=TOL)
 
 
 def data(shape, dtype, seed=0):
